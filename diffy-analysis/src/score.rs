@@ -1,0 +1,896 @@
+//! From interned rows to a report: prevalence, cohorts, findings, scores.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use diffy_core::report::{
+    BaselineProvenance, Cohort, CohortRow, Coverage, Finding, FindingKind, FleetFinding, HistoryWindow, HostFailure,
+    HostReport, Method, NotTargetedHost, Presence, Prevalence, REPORT_SCHEMA, Report, RunSummary, SuppressedCount,
+};
+use diffy_core::run::NotTargeted;
+use diffy_core::{HostStatus, Row};
+use rayon::prelude::*;
+use rustc_hash::{FxHashMap, FxHashSet};
+
+use crate::dataset::{Builder, HostEntry, QueryTable, Seen};
+use crate::explain::{differences, summarise};
+use crate::indicators::assess;
+use crate::profile::QueryKind;
+use crate::suppress::Suppressions;
+
+/// The hosts (analysed indices, sorted) that have, or lack, a row together.
+type Signature = Vec<u32>;
+/// Rows (table, row id, present or absent) that share a signature.
+type CohortRows = Vec<(usize, u32, Presence)>;
+
+/// Below this many hosts with usable evidence, the herd is too small for
+/// cluster analysis to mean much.
+pub const MIN_HERD: usize = 5;
+
+/// How strongly a row seen on `k` of `n` hosts stands out, from 1 (on at most
+/// max(1, 2 % of n) hosts) down to 0 (on half the hosts or more), falling
+/// with the logarithm of `k` in between. 0 when `n < 3`.
+pub fn rarity(k: usize, n: usize) -> f64 {
+    if n < 3 || k == 0 {
+        return 0.0;
+    }
+    let r0 = ((0.02 * n as f64).floor() as usize).max(1);
+    let half = n as f64 / 2.0;
+    if k <= r0 {
+        return 1.0;
+    }
+    if k as f64 >= half {
+        return 0.0;
+    }
+    1.0 - (k as f64 / r0 as f64).ln() / (half / r0 as f64).ln()
+}
+
+/// The smallest group that can be a cohort: 2 hosts, or 3 % of the herd.
+pub fn cohort_min(n: usize) -> usize {
+    ((0.03 * n as f64).ceil() as usize).max(2)
+}
+
+/// Everything the scoring needs besides the rows.
+#[derive(Debug)]
+pub(crate) struct Context {
+    pub run: Option<RunSummary>,
+    pub imported_from: Option<String>,
+    pub methods: Vec<Method>,
+    /// Targeted hosts (id, labels); `None`: every survey host was targeted.
+    pub targeted: Option<Vec<(String, BTreeMap<String, String>)>>,
+    pub not_targeted: Vec<NotTargeted>,
+    pub baseline: Option<BaselineProvenance>,
+    pub history: Option<Seen>,
+    pub history_days: u32,
+    pub warnings: Vec<String>,
+}
+
+/// Tunables of the scoring.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub threshold: f64,
+    pub now: DateTime<Utc>,
+}
+
+struct TableStats {
+    /// Analysed hosts with usable rows for this query.
+    usable: Vec<u32>,
+    /// Per row: analysed hosts that have it, sorted.
+    hosts_of_row: Vec<Vec<u32>>,
+    /// Per identity: hosts that have any row of it.
+    identity_hosts: Vec<u32>,
+    /// Per identity: the row most hosts have.
+    dominant: Vec<u32>,
+    /// Baseline rows (present on most baseline hosts), and per identity one of them.
+    baseline: Option<(FxHashSet<u32>, FxHashMap<u32, u32>, usize)>,
+    /// Hashes of keys seen in history, if history has this query.
+    seen: Option<FxHashSet<u64>>,
+}
+
+fn complement(all: &[u32], some: &[u32]) -> Vec<u32> {
+    let mut out = Vec::with_capacity(all.len().saturating_sub(some.len()));
+    let mut j = 0;
+    for &h in all {
+        while j < some.len() && some[j] < h {
+            j += 1;
+        }
+        if j < some.len() && some[j] == h {
+            continue;
+        }
+        out.push(h);
+    }
+    out
+}
+
+fn jaccard(a: &[u32], b: &[u32]) -> f64 {
+    let (mut i, mut j, mut inter) = (0, 0, 0usize);
+    while i < a.len() && j < b.len() {
+        match a[i].cmp(&b[j]) {
+            std::cmp::Ordering::Less => i += 1,
+            std::cmp::Ordering::Greater => j += 1,
+            std::cmp::Ordering::Equal => {
+                inter += 1;
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    let union = a.len() + b.len() - inter;
+    if union == 0 { 0.0 } else { inter as f64 / union as f64 }
+}
+
+fn visible(table: &QueryTable, row: &Row) -> Row {
+    row.iter().filter(|(c, _)| table.profile.compared(c)).map(|(c, v)| (c.clone(), v.clone())).collect()
+}
+
+/// The row to show for host `survey_index` (exact when we can be sure).
+fn display_row(table: &QueryTable, r: u32, survey_index: u32, own_hash: u64) -> (Row, bool) {
+    let info = &table.rows[r as usize];
+    if info.first_host == survey_index {
+        (info.original.clone(), true)
+    } else if info.original_hash == own_hash {
+        (visible(table, &info.original), true)
+    } else {
+        (info.normalised(), false)
+    }
+}
+
+struct Candidate {
+    table: usize,
+    finding: Finding,
+    raw_score: f64,
+}
+
+fn round(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+/// Scores `builder`'s survey hosts and assembles the report.
+pub(crate) fn analyze(builder: Builder, ctx: Context, settings: &Settings, suppressions: &Suppressions) -> Report {
+    let Builder { tables, survey, baseline: baseline_hosts, .. } = builder;
+    let mut warnings = ctx.warnings;
+    let cluster_on = ctx.methods.contains(&Method::Cluster);
+    let baseline_on = ctx.methods.contains(&Method::Baseline) && !baseline_hosts.is_empty();
+    let novelty_on = ctx.methods.contains(&Method::Novelty) && ctx.history.is_some();
+
+    // Survey hosts with usable evidence, by id.
+    let mut order: Vec<usize> = (0..survey.len()).collect();
+    order.sort_by(|a, b| survey[*a].id.cmp(&survey[*b].id));
+    let analysed: Vec<usize> = order.iter().copied().filter(|&i| survey[i].usable()).collect();
+    let n = analysed.len();
+
+    // Prevalence per table.
+    let mut stats: Vec<TableStats> = tables
+        .iter()
+        .map(|t| TableStats {
+            usable: Vec::new(),
+            hosts_of_row: vec![Vec::new(); t.rows.len()],
+            identity_hosts: vec![0; t.identities],
+            dominant: vec![u32::MAX; t.identities],
+            baseline: None,
+            seen: None,
+        })
+        .collect();
+    let mut ident_scratch = Vec::new();
+    for (a, &si) in analysed.iter().enumerate() {
+        for (t, q) in &survey[si].queries {
+            if let crate::dataset::HostQuery::Rows(rows) = q {
+                let s = &mut stats[*t];
+                s.usable.push(a as u32);
+                ident_scratch.clear();
+                for &(r, _) in rows {
+                    s.hosts_of_row[r as usize].push(a as u32);
+                    ident_scratch.push(tables[*t].rows[r as usize].identity);
+                }
+                ident_scratch.sort_unstable();
+                ident_scratch.dedup();
+                for &i in &ident_scratch {
+                    s.identity_hosts[i as usize] += 1;
+                }
+            }
+        }
+    }
+    for (t, table) in tables.iter().enumerate() {
+        let s = &mut stats[t];
+        for (r, info) in table.rows.iter().enumerate() {
+            let d = &mut s.dominant[info.identity as usize];
+            if *d == u32::MAX || s.hosts_of_row[r].len() > s.hosts_of_row[*d as usize].len() {
+                *d = r as u32;
+            }
+        }
+        if baseline_on {
+            let mut counts: FxHashMap<u32, usize> = FxHashMap::default();
+            let mut nb = 0;
+            for h in &baseline_hosts {
+                if let Some(rows) = h.rows(t) {
+                    nb += 1;
+                    for &(r, _) in rows {
+                        *counts.entry(r).or_default() += 1;
+                    }
+                }
+            }
+            if nb > 0 {
+                let min = nb / 2 + 1;
+                let set: FxHashSet<u32> = counts.into_iter().filter(|(_, c)| *c >= min).map(|(r, _)| r).collect();
+                let idents = set.iter().map(|&r| (table.rows[r as usize].identity, r)).collect();
+                s.baseline = Some((set, idents, nb));
+            }
+        }
+        if novelty_on {
+            s.seen = ctx.history.as_ref().and_then(|h| h.by_query.get(&table.name)).map(|(set, _)| set.clone());
+        }
+    }
+
+    // Cohorts: groups of hosts set apart by the same (unsuspicious) rows.
+    let mut cohorts_found: Vec<(Signature, CohortRows)> = Vec::new();
+    let mut explained: FxHashSet<(usize, u32)> = FxHashSet::default();
+    if cluster_on && n >= 4 {
+        let min = cohort_min(n);
+        let mut groups: FxHashMap<Signature, CohortRows> = FxHashMap::default();
+        for (t, table) in tables.iter().enumerate() {
+            let s = &stats[t];
+            let nt = s.usable.len();
+            for (r, hosts) in s.hosts_of_row.iter().enumerate() {
+                let k = hosts.len();
+                let (sig, presence) = if k >= min && 2 * k <= nt {
+                    (hosts.clone(), Presence::Present)
+                } else if 2 * k > nt && nt - k >= min && 2 * (nt - k) <= nt {
+                    (complement(&s.usable, hosts), Presence::Absent)
+                } else {
+                    continue;
+                };
+                let kind = if presence == Presence::Present { FindingKind::Rare } else { FindingKind::Missing };
+                if assess(table.profile.kind, &table.rows[r].original, kind).severity > 1.5 {
+                    continue; // a deploy does not explain a suspicious row
+                }
+                groups.entry(sig).or_default().push((t, r as u32, presence));
+            }
+        }
+        let mut groups: Vec<(Signature, CohortRows)> = groups.into_iter().collect();
+        groups.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then(b.0.len().cmp(&a.0.len())).then(a.0.cmp(&b.0)));
+        let mut absorbed = vec![false; groups.len()];
+        for i in 0..groups.len() {
+            if absorbed[i] || groups[i].1.len() < 2 {
+                continue;
+            }
+            // Two hosts that only gained the same rows are suspects, not a
+            // deploy: a cohort that small must have replaced something.
+            let replaced = groups[i].1.iter().any(|g| g.2 == Presence::Absent)
+                && groups[i].1.iter().any(|g| g.2 == Presence::Present);
+            if groups[i].0.len() < 3 && !replaced {
+                continue;
+            }
+            absorbed[i] = true;
+            let mut rows = groups[i].1.clone();
+            for j in 0..groups.len() {
+                if absorbed[j] {
+                    continue;
+                }
+                let (a, b) = (groups[i].0.len() as f64, groups[j].0.len() as f64);
+                if a.min(b) / a.max(b) < 0.8 {
+                    continue;
+                }
+                if jaccard(&groups[i].0, &groups[j].0) >= 0.8 {
+                    absorbed[j] = true;
+                    rows.extend(groups[j].1.iter().copied());
+                }
+            }
+            for &(t, r, _) in &rows {
+                explained.insert((t, r));
+            }
+            cohorts_found.push((groups[i].0.clone(), rows));
+        }
+        cohorts_found.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(b.1.len().cmp(&a.1.len())).then(a.0.cmp(&b.0)));
+    }
+    let mut host_cohorts: Vec<Vec<String>> = vec![Vec::new(); n];
+    let mut cohorts = Vec::new();
+    for (ci, (hosts, rows)) in cohorts_found.iter().enumerate() {
+        let id = format!("cohort-{}", ci + 1);
+        for &a in hosts {
+            host_cohorts[a as usize].push(id.clone());
+        }
+        let mut cohort_rows: Vec<CohortRow> = rows
+            .iter()
+            .map(|&(t, r, presence)| {
+                let table = &tables[t];
+                CohortRow {
+                    query: table.name.clone(),
+                    presence,
+                    row: visible(table, &table.rows[r as usize].original),
+                    prevalence: Prevalence {
+                        hosts: stats[t].hosts_of_row[r as usize].len(),
+                        of: stats[t].usable.len(),
+                    },
+                }
+            })
+            .collect();
+        cohort_rows.sort_by(|a, b| (a.presence as u8, &a.query, &a.row).cmp(&(b.presence as u8, &b.query, &b.row)));
+        let ids: Vec<String> = hosts.iter().map(|&a| survey[analysed[a as usize]].id.clone()).collect();
+        let labels = shared_labels(hosts, &analysed, &survey);
+        let sample: Vec<String> = cohort_rows
+            .iter()
+            .take(3)
+            .map(|r| {
+                let kind = QueryKind::of(&r.query);
+                let verb = if r.presence == Presence::Present { "has" } else { "lacks" };
+                format!("{verb} {} {}", r.query, summarise(kind, &r.row))
+            })
+            .collect();
+        let label_text = if labels.is_empty() {
+            String::new()
+        } else {
+            format!(" All share {}.", labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", "))
+        };
+        cohorts.push(Cohort {
+            explanation: format!(
+                "{} of {n} hosts differ from the rest in the same {} ways ({}{}): a group this size that differs together is a cohort (a canary or blue/green deploy, another instance type, a job running on several hosts), so these differences are not scored.{label_text}",
+                hosts.len(),
+                cohort_rows.len(),
+                sample.join("; "),
+                if cohort_rows.len() > 3 { "; …" } else { "" },
+            ),
+            id,
+            hosts: ids,
+            prevalence: Prevalence { hosts: hosts.len(), of: n },
+            labels,
+            rows: cohort_rows,
+        });
+    }
+
+    // Absences: rows nearly everyone (or the baseline) has, missing on a host.
+    let mut absences: Vec<Vec<(usize, u32, f64, f64)>> = vec![Vec::new(); n];
+    let mut drift = Vec::new();
+    for (t, table) in tables.iter().enumerate() {
+        let s = &stats[t];
+        let nt = s.usable.len();
+        if nt == 0 {
+            continue;
+        }
+        for (r, hosts) in s.hosts_of_row.iter().enumerate() {
+            let k = hosts.len();
+            let in_baseline = s.baseline.as_ref().is_some_and(|(b, _, _)| b.contains(&(r as u32)));
+            let absent = nt - k;
+            if absent == 0 || explained.contains(&(t, r as u32)) {
+                continue;
+            }
+            if in_baseline
+                && 2 * absent > nt
+                && assess(table.profile.kind, &table.rows[r].original, FindingKind::Removed).severity < 0.3
+            {
+                continue;
+            }
+            let cluster = if cluster_on && k > 0 { 0.5 * rarity(absent, nt) } else { 0.0 };
+            let base = if in_baseline {
+                if nt < MIN_HERD {
+                    0.5
+                } else if 2 * absent > nt {
+                    drift.push(FleetFinding {
+                        query: table.name.clone(),
+                        kind: FindingKind::Removed,
+                        method: Method::Baseline,
+                        row: visible(table, &table.rows[r].original),
+                        prevalence: Prevalence { hosts: k, of: nt },
+                        explanation: format!(
+                            "in the baseline, absent from {absent} of {nt} hosts: {}",
+                            summarise(table.profile.kind, &table.rows[r].original)
+                        ),
+                    });
+                    0.0
+                } else {
+                    0.5 * rarity(absent, nt)
+                }
+            } else {
+                0.0
+            };
+            if cluster < 0.25 && base <= 0.0 {
+                continue;
+            }
+            for a in complement(&s.usable, hosts) {
+                absences[a as usize].push((t, r as u32, cluster, base));
+            }
+        }
+    }
+
+    // Differences on most of the fleet: reported once, not on every host.
+    for (t, table) in tables.iter().enumerate() {
+        let s = &stats[t];
+        let nt = s.usable.len();
+        if nt < MIN_HERD {
+            continue;
+        }
+        for (r, hosts) in s.hosts_of_row.iter().enumerate() {
+            let k = hosts.len();
+            if 2 * k <= nt || explained.contains(&(t, r as u32)) {
+                continue;
+            }
+            let info = &table.rows[r];
+            // Kernel worker threads and the like vary without meaning: not drift.
+            if assess(table.profile.kind, &info.original, FindingKind::Added).severity < 0.3 {
+                continue;
+            }
+            if s.baseline.as_ref().is_some_and(|(b, _, _)| !b.contains(&(r as u32))) {
+                drift.push(FleetFinding {
+                    query: table.name.clone(),
+                    kind: FindingKind::Added,
+                    method: Method::Baseline,
+                    row: visible(table, &info.original),
+                    prevalence: Prevalence { hosts: k, of: nt },
+                    explanation: format!(
+                        "not in the baseline, now on {k} of {nt} hosts: {}",
+                        summarise(table.profile.kind, &info.original)
+                    ),
+                });
+            }
+            if s.seen.as_ref().is_some_and(|seen| !seen.contains(&info.key_hash)) {
+                drift.push(FleetFinding {
+                    query: table.name.clone(),
+                    kind: FindingKind::New,
+                    method: Method::Novelty,
+                    row: visible(table, &info.original),
+                    prevalence: Prevalence { hosts: k, of: nt },
+                    explanation: format!(
+                        "never seen on this target in the last {} days, now on {k} of {nt} hosts: {}",
+                        ctx.history_days,
+                        summarise(table.profile.kind, &info.original)
+                    ),
+                });
+            }
+        }
+    }
+
+    // Findings per host, in parallel: each host reads only shared tables.
+    let rules = suppressions.rules().len();
+    let score_host = |a: usize, si: usize| -> (HostReport, Vec<usize>) {
+        let host = &survey[si];
+        let mut candidates: Vec<Candidate> = Vec::new();
+        let mut suppressed = 0usize;
+        let mut per_rule = vec![0usize; rules];
+        for (t, q) in &host.queries {
+            let crate::dataset::HostQuery::Rows(rows) = q else { continue };
+            let (t, table, s) = (*t, &tables[*t], &stats[*t]);
+            let nt = s.usable.len();
+            let own_identities: FxHashSet<u32> = rows.iter().map(|(r, _)| table.rows[*r as usize].identity).collect();
+            for &(r, own_hash) in rows {
+                if explained.contains(&(t, r)) {
+                    continue;
+                }
+                let info = &table.rows[r as usize];
+                let k = s.hosts_of_row[r as usize].len();
+                let s_cluster = if cluster_on { rarity(k, nt) } else { 0.0 };
+                let not_in_baseline = s.baseline.as_ref().map(|(b, _, _)| !b.contains(&r));
+                let s_base = match not_in_baseline {
+                    Some(true) if nt < MIN_HERD => 1.0,
+                    Some(true) if 2 * k > nt => 0.0, // drift, reported once
+                    Some(true) => rarity(k, nt),
+                    _ => 0.0,
+                };
+                let is_new = s.seen.as_ref().map(|seen| !seen.contains(&info.key_hash));
+                let s_novel = match is_new {
+                    Some(true) if nt < MIN_HERD => 1.0,
+                    Some(true) if 2 * k > nt => 0.0, // drift, reported once
+                    Some(true) => 0.5 * (1.0 - k as f64 / nt as f64),
+                    _ => 0.0,
+                };
+                let strength = s_cluster.max(s_base).max(s_novel);
+                if strength <= 0.0 {
+                    continue;
+                }
+                let mut methods = Vec::new();
+                if s_cluster > 0.0 {
+                    methods.push(Method::Cluster);
+                }
+                if s_base > 0.0 {
+                    methods.push(Method::Baseline);
+                }
+                if s_novel > 0.0 {
+                    methods.push(Method::Novelty);
+                }
+                // Same identity, other attributes: "changed".
+                let dominant = s.dominant[info.identity as usize];
+                let cluster_changed = table.profile.has_partial_identity()
+                    && s_cluster > 0.0
+                    && dominant != r
+                    && 2 * s.identity_hosts[info.identity as usize] as usize >= nt
+                    && s.hosts_of_row[dominant as usize].len() > k;
+                let baseline_expected = match (&s.baseline, s_base > 0.0 && table.profile.has_partial_identity()) {
+                    (Some((_, idents, _)), true) => idents.get(&info.identity).copied().filter(|&b| b != r),
+                    _ => None,
+                };
+                let (kind, expected) = if let Some(b) = baseline_expected {
+                    (FindingKind::Changed, Some(b))
+                } else if cluster_changed {
+                    (FindingKind::Changed, Some(dominant))
+                } else if s_base > 0.0 {
+                    (FindingKind::Added, None)
+                } else if s_cluster > 0.0 {
+                    (FindingKind::Rare, None)
+                } else {
+                    (FindingKind::New, None)
+                };
+                let (row, exact) = display_row(table, r, si as u32, own_hash);
+                let assessment = assess(table.profile.kind, &info.original, kind);
+                let raw = table.profile.weight * assessment.severity * strength;
+                if raw < 0.25 && assessment.indicators.is_empty() {
+                    continue;
+                }
+                let expected_row = expected.map(|e| visible(table, &table.rows[e as usize].original));
+                let prevalence = Prevalence { hosts: k, of: nt };
+                let mut explanation = match (kind, &expected_row) {
+                    (FindingKind::Changed, Some(exp)) => {
+                        let others = expected.map(|e| s.hosts_of_row[e as usize].len()).unwrap_or(0);
+                        let usual = if baseline_expected.is_some() {
+                            "the baseline's value".to_string()
+                        } else {
+                            format!("the value on {others} of {nt} hosts")
+                        };
+                        let identity: Vec<&str> = table
+                            .profile
+                            .identity
+                            .iter()
+                            .filter_map(|c| info.original.get(c).map(String::as_str))
+                            .collect();
+                        format!(
+                            "{} {} changed: {} (this value on {prevalence}; before the arrow, {usual})",
+                            table.name,
+                            identity.join(" "),
+                            differences(exp, &visible(table, &info.original)),
+                        )
+                    }
+                    _ => {
+                        let mut why = Vec::new();
+                        if s_cluster > 0.0 || !methods.contains(&Method::Baseline) {
+                            why.push(format!("seen on {prevalence}"));
+                        }
+                        if s_base > 0.0 {
+                            why.push("not in the baseline".to_string());
+                        }
+                        if s_novel > 0.0 {
+                            why.push(format!("first seen: not in the last {} days of this target", ctx.history_days));
+                        }
+                        format!("{} {}: {}", table.name, summarise(table.profile.kind, &info.original), why.join("; "))
+                    }
+                };
+                if !exact {
+                    explanation.push_str(" (row shown normalised: this host's values differ only in folded numbers)");
+                }
+                if !assessment.indicators.is_empty() {
+                    explanation.push_str(&format!("; {}", assessment.indicators.join("; ")));
+                }
+                let finding = Finding {
+                    query: table.name.clone(),
+                    kind,
+                    methods,
+                    row,
+                    expected: expected_row,
+                    prevalence,
+                    score: 0.0,
+                    indicators: assessment.indicators,
+                    explanation,
+                };
+                if let Some(rule) = suppressions.matching(settings.now, &host.id, &finding) {
+                    suppressed += 1;
+                    per_rule[rule] += 1;
+                    continue;
+                }
+                candidates.push(Candidate { table: t, finding, raw_score: raw });
+            }
+            // Absences of this table.
+            for &(at, r, s_cluster, s_base) in &absences[a] {
+                if at != t {
+                    continue;
+                }
+                let info = &table.rows[r as usize];
+                if table.profile.has_partial_identity() && own_identities.contains(&info.identity) {
+                    continue; // reported as "changed"
+                }
+                let strength = s_cluster.max(s_base);
+                let kind = if s_base > 0.0 { FindingKind::Removed } else { FindingKind::Missing };
+                let assessment = assess(table.profile.kind, &info.original, kind);
+                let raw = table.profile.weight * assessment.severity * strength;
+                if raw < 0.25 && assessment.indicators.is_empty() {
+                    continue;
+                }
+                let mut methods = Vec::new();
+                if s_cluster > 0.0 {
+                    methods.push(Method::Cluster);
+                }
+                if s_base > 0.0 {
+                    methods.push(Method::Baseline);
+                }
+                let k = s.hosts_of_row[r as usize].len();
+                let prevalence = Prevalence { hosts: k, of: nt };
+                let mut explanation = if kind == FindingKind::Removed {
+                    format!(
+                        "{} {}: in the baseline, absent here (present on {prevalence})",
+                        table.name,
+                        summarise(table.profile.kind, &info.original)
+                    )
+                } else {
+                    format!(
+                        "{} {}: present on {prevalence}, absent here",
+                        table.name,
+                        summarise(table.profile.kind, &info.original)
+                    )
+                };
+                if !assessment.indicators.is_empty() {
+                    explanation.push_str(&format!("; {}", assessment.indicators.join("; ")));
+                }
+                let finding = Finding {
+                    query: table.name.clone(),
+                    kind,
+                    methods,
+                    row: visible(table, &info.original),
+                    expected: None,
+                    prevalence,
+                    score: 0.0,
+                    indicators: assessment.indicators,
+                    explanation,
+                };
+                if let Some(rule) = suppressions.matching(settings.now, &host.id, &finding) {
+                    suppressed += 1;
+                    per_rule[rule] += 1;
+                    continue;
+                }
+                candidates.push(Candidate { table: t, finding, raw_score: raw });
+            }
+        }
+        // Per query, diminishing returns: the strongest finding counts fully,
+        // the next half, the next a quarter... so a flood of weak rows of one
+        // kind does not outweigh one strong row.
+        candidates.sort_by(|x, y| x.table.cmp(&y.table).then(y.raw_score.total_cmp(&x.raw_score)));
+        let mut score = 0.0;
+        let mut current = usize::MAX;
+        let mut factor = 1.0;
+        for c in &mut candidates {
+            if c.table != current {
+                current = c.table;
+                factor = 1.0;
+            }
+            c.finding.score = round(c.raw_score * factor);
+            score += c.raw_score * factor;
+            factor *= 0.5;
+        }
+        let mut findings: Vec<Finding> = candidates.into_iter().map(|c| c.finding).collect();
+        findings.sort_by(|x, y| {
+            y.score.total_cmp(&x.score).then_with(|| x.query.cmp(&y.query)).then_with(|| x.row.cmp(&y.row))
+        });
+        let score = round(score);
+        let report = HostReport {
+            host: host.id.clone(),
+            labels: host.labels.clone(),
+            status: host.status,
+            message: host.message.clone(),
+            rank: None,
+            score,
+            outlier: score >= settings.threshold,
+            cohorts: host_cohorts[a].clone(),
+            findings,
+            failed_queries: host.failures().cloned().collect(),
+            suppressed,
+        };
+        (report, per_rule)
+    };
+    let scored: Vec<(HostReport, Vec<usize>)> =
+        analysed.par_iter().enumerate().map(|(a, &si)| score_host(a, si)).collect();
+    let mut suppressed_counts: Vec<(usize, usize, usize)> = (0..rules).map(|i| (i, 0, 0)).collect();
+    let mut host_reports = Vec::with_capacity(survey.len());
+    for (report, per_rule) in scored {
+        for (i, n) in per_rule.into_iter().enumerate() {
+            if n > 0 {
+                suppressed_counts[i].1 += n;
+                suppressed_counts[i].2 += 1;
+            }
+        }
+        host_reports.push(report);
+    }
+    host_reports.sort_by(|x, y| y.score.total_cmp(&x.score).then_with(|| x.host.cmp(&y.host)));
+    for (i, h) in host_reports.iter_mut().enumerate() {
+        h.rank = Some(i + 1);
+    }
+
+    // Hosts without usable evidence, and hosts that never reported.
+    let mut coverage = Coverage::default();
+    let mut failed_reports = Vec::new();
+    let mut present: FxHashSet<&str> = FxHashSet::default();
+    for &si in &order {
+        let h = &survey[si];
+        present.insert(h.id.as_str());
+        if h.usable() {
+            continue;
+        }
+        // A host that answered but whose every query failed says why, query by query.
+        let message = if h.status.is_collected() || h.message.is_none() {
+            let f: Vec<String> = h.failures().map(|f| format!("{}: {}", f.query, f.message)).collect();
+            Some(if f.is_empty() {
+                "no query gave usable rows".into()
+            } else {
+                format!("no query gave usable rows ({})", f.join("; "))
+            })
+        } else {
+            h.message.clone()
+        };
+        coverage.failed_hosts.push(HostFailure { host: h.id.clone(), status: h.status, message: message.clone() });
+        failed_reports.push(failed_host(h, message));
+    }
+    let targeted: Vec<(String, BTreeMap<String, String>)> = match &ctx.targeted {
+        Some(t) => t.clone(),
+        None => order.iter().map(|&si| (survey[si].id.clone(), survey[si].labels.clone())).collect(),
+    };
+    let mut missing = 0;
+    for (id, labels) in &targeted {
+        if !present.contains(id.as_str()) {
+            missing += 1;
+            failed_reports.push(HostReport {
+                host: id.clone(),
+                labels: labels.clone(),
+                status: HostStatus::Cancelled,
+                message: Some("never reported: the run was interrupted before this host finished".into()),
+                rank: None,
+                score: 0.0,
+                outlier: false,
+                cohorts: Vec::new(),
+                findings: Vec::new(),
+                failed_queries: Vec::new(),
+                suppressed: 0,
+            });
+        }
+    }
+    coverage.targeted = targeted.len().max(survey.len());
+    coverage.collected = n;
+    coverage.failed = coverage.failed_hosts.len();
+    coverage.missing = missing;
+    coverage.not_targeted = ctx.not_targeted.len();
+    coverage.not_targeted_hosts = ctx
+        .not_targeted
+        .iter()
+        .map(|nt| NotTargetedHost { host: nt.host.id.to_string(), reason: nt.reason.clone() })
+        .collect();
+    coverage.failed_queries = host_reports.iter().map(|h| h.failed_queries.len()).sum();
+
+    // Warnings a reader must see.
+    if n == 0 {
+        warnings.push("no host has usable evidence: nothing was analysed".into());
+    } else if cluster_on && n < MIN_HERD {
+        warnings.push(format!(
+            "only {n} host{} with usable evidence: cluster analysis needs a herd (at least {MIN_HERD}) to tell an outlier from normal variation; treat its findings as leads, not verdicts",
+            if n == 1 { "" } else { "s" }
+        ));
+    }
+    if coverage.failed + coverage.missing > 0 {
+        warnings.push(format!(
+            "{} of {} targeted hosts were not analysed ({} failed, {} never reported): \"no outliers\" does not cover them",
+            coverage.failed + coverage.missing,
+            coverage.targeted,
+            coverage.failed,
+            coverage.missing
+        ));
+    }
+    if coverage.not_targeted > 0 {
+        warnings.push(format!(
+            "{} hosts of the target were left out before collection (see coverage)",
+            coverage.not_targeted
+        ));
+    }
+    for (t, table) in tables.iter().enumerate() {
+        let failed = analysed.iter().filter(|&&si| survey[si].failures().any(|f| f.query == table.name)).count();
+        if failed > 0 && n > 0 && failed * 10 >= n {
+            warnings.push(format!(
+                "query {} gave no usable rows on {failed} of {n} hosts; it compares only the other {}",
+                table.name,
+                stats[t].usable.len()
+            ));
+        }
+    }
+    let outliers = host_reports.iter().filter(|h| h.outlier).count();
+    if n >= 10 && outliers * 5 > n {
+        warnings.push(format!(
+            "{outliers} of {n} hosts are outliers: the hosts may not be one herd (several roles or images?) or the compromise is widespread; analyse each role separately to tell"
+        ));
+    }
+    if cohorts.len() > 50 {
+        warnings.push(format!("{} cohorts found; the 50 largest are listed", cohorts.len()));
+        cohorts.truncate(50);
+    }
+    drift.sort_by(|x, y| {
+        y.prevalence.hosts.cmp(&x.prevalence.hosts).then_with(|| x.query.cmp(&y.query)).then_with(|| x.row.cmp(&y.row))
+    });
+    if drift.len() > 200 {
+        warnings.push(format!("{} fleet-wide differences; the 200 most widespread are listed", drift.len()));
+        drift.truncate(200);
+    }
+    let mut suppressed = Vec::new();
+    for (i, count, hosts) in suppressed_counts {
+        if count > 0 {
+            let rule = &suppressions.rules()[i];
+            suppressed.push(SuppressedCount {
+                reason: rule.reason.clone(),
+                query: rule.query.clone(),
+                findings: count,
+                hosts,
+            });
+        }
+    }
+    for rule in suppressions.rules() {
+        if rule.expired(settings.now) {
+            warnings.push(format!(
+                "suppression {:?} expired on {}: its findings are shown again",
+                rule.reason,
+                rule.expires.map(|d| d.to_string()).unwrap_or_default()
+            ));
+        }
+    }
+    let mut baseline = ctx.baseline;
+    if let Some(b) = &mut baseline {
+        let nb = baseline_hosts.iter().filter(|h| h.usable()).count();
+        b.min_hosts = nb / 2 + 1;
+        if b.hosts.is_empty() {
+            b.hosts = baseline_hosts.iter().map(|h| h.id.clone()).collect();
+        }
+    }
+    let history = ctx.history.as_ref().map(|h| HistoryWindow { days: ctx.history_days, runs: h.runs, since: h.since });
+    let mut methods = ctx.methods.clone();
+    methods.sort();
+    host_reports.extend(failed_reports);
+    Report {
+        schema: REPORT_SCHEMA.into(),
+        tool: format!("diffy {}", diffy_core::TOOL_VERSION),
+        generated_at: settings.now,
+        run: ctx.run,
+        imported_from: ctx.imported_from,
+        methods,
+        threshold: settings.threshold,
+        coverage,
+        hosts: host_reports,
+        cohorts,
+        drift,
+        baseline,
+        history,
+        suppressed,
+        warnings,
+    }
+}
+
+fn failed_host(h: &HostEntry, message: Option<String>) -> HostReport {
+    HostReport {
+        host: h.id.clone(),
+        labels: h.labels.clone(),
+        status: if h.status.is_collected() { HostStatus::Partial } else { h.status },
+        message,
+        rank: None,
+        score: 0.0,
+        outlier: false,
+        cohorts: Vec::new(),
+        findings: Vec::new(),
+        failed_queries: h.failures().cloned().collect(),
+        suppressed: 0,
+    }
+}
+
+/// Labels every cohort host has with the same value, that not every host has.
+fn shared_labels(hosts: &[u32], analysed: &[usize], survey: &[HostEntry]) -> BTreeMap<String, String> {
+    let Some(&first) = hosts.first() else { return BTreeMap::new() };
+    let mut labels = survey[analysed[first as usize]].labels.clone();
+    for &a in &hosts[1..] {
+        let l = &survey[analysed[a as usize]].labels;
+        labels.retain(|k, v| l.get(k) == Some(v));
+    }
+    labels.retain(|k, v| analysed.iter().any(|&si| survey[si].labels.get(k) != Some(v)));
+    labels
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rarity_shape() {
+        assert_eq!(rarity(1, 12), 1.0);
+        assert!(rarity(2, 12) > 0.5 && rarity(2, 12) < 0.7);
+        assert_eq!(rarity(6, 12), 0.0);
+        assert_eq!(rarity(4, 200), 1.0);
+        assert!(rarity(5, 200) > 0.9);
+        assert_eq!(rarity(1, 2), 0.0);
+        assert_eq!(cohort_min(12), 2);
+        assert_eq!(cohort_min(200), 6);
+    }
+}

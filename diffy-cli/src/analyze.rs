@@ -1,0 +1,166 @@
+//! `diffy analyze`: collect then analyse, re-analyse a stored run, or analyse
+//! imported evidence.
+
+use std::sync::Arc;
+
+use diffy_core::engine::emit_report;
+use diffy_core::report::{Method, Report};
+use diffy_core::{AnalyzeOptions, CancellationToken, Engine, RunId, TargetKey};
+
+use crate::cli::{AnalyzeArgs, Format, MethodArgs};
+use crate::commands::{Common, collecting_engine, ctrl_c, evidence, key, print_json, run_options};
+use crate::error::{CliError, CliResult, EXIT_CLEAN, EXIT_INTERRUPTED, EXIT_OUTLIERS, EXIT_TROUBLE};
+use crate::output::{self, CliSink};
+use crate::registry;
+
+fn parse_methods(s: &str) -> CliResult<Vec<Method>> {
+    if s.trim() == "all" {
+        return Ok(vec![Method::Cluster, Method::Baseline, Method::Novelty]);
+    }
+    let mut v = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let m: Method = part.parse().map_err(CliError::from)?;
+        if !v.contains(&m) {
+            v.push(m);
+        }
+    }
+    if v.is_empty() {
+        return Err(CliError::new(
+            "no analysis method given",
+            "use --method cluster, baseline, novelty (comma-separated) or all",
+        ));
+    }
+    Ok(v)
+}
+
+fn analyzer(c: &Common, m: &MethodArgs) -> CliResult<diffy_analysis::Analyzer> {
+    let d = &c.config.defaults;
+    let mut a = diffy_analysis::Analyzer::new();
+    if let Some(t) = m.threshold.or(d.threshold) {
+        a = a.threshold(t)?;
+    }
+    if let Some(s) = m.suppressions.clone().or_else(|| d.suppressions.as_ref().map(|p| c.config.path(p))) {
+        a = a.suppressions(diffy_analysis::Suppressions::from_file(&s)?);
+    }
+    for (name, r) in &c.config.queries {
+        a = a.query_rules(
+            name.clone(),
+            diffy_analysis::QueryRules { identity: r.identity.clone(), volatile: r.volatile.clone(), weight: r.weight },
+        );
+    }
+    Ok(a)
+}
+
+fn no_host_collected(key: &TargetKey, r: &Report) -> CliError {
+    let texts = r.coverage.failed_hosts.iter().filter_map(|h| h.message.as_deref());
+    let osquery_missing = texts.clone().any(|m| m.contains("osqueryi") && m.contains("command not found"));
+    let help = if osquery_missing {
+        "osqueryi is not installed on these hosts: use --payload shell, which needs only a POSIX shell".to_string()
+    } else {
+        "see the hosts' statuses above; check connectivity, credentials and the deadline".to_string()
+    };
+    CliError::new(format!("no host of {key} could be collected"), help)
+}
+
+fn report_code(r: &Report) -> u8 {
+    if r.outliers().next().is_some() {
+        EXIT_OUTLIERS
+    } else if r.coverage.collected == 0 {
+        EXIT_TROUBLE
+    } else {
+        EXIT_CLEAN
+    }
+}
+
+fn print_report(c: &Common, sink: &CliSink, r: &Report, evidence: Option<&str>, show: usize) -> CliResult<()> {
+    match c.format {
+        Format::Human => output::report(&mut std::io::stdout().lock(), r, evidence, show)?,
+        Format::Json => print_json(r)?,
+        // The events, the summary and the report itself went out as they came.
+        Format::Jsonl => {
+            let _ = sink;
+        }
+    }
+    Ok(())
+}
+
+pub(crate) async fn analyze(c: &Common, a: &AnalyzeArgs) -> CliResult<u8> {
+    let d = &c.config.defaults;
+    let analysis = analyzer(c, &a.method)?;
+    let methods = a.method.method.as_deref().or(d.method.as_deref()).map(parse_methods).transpose()?;
+    let show = a.show.unwrap_or(5);
+    let sink = c.sink();
+    if let Some(dir) = &a.import {
+        if !dir.is_dir() {
+            return Err(CliError::new(
+                format!("{} is not a directory", dir.display()),
+                "--import takes a folder with hosts/<host>.json files",
+            ));
+        }
+        let dir = dir.clone();
+        let ms = methods.clone();
+        let report = tokio::task::spawn_blocking(move || analysis.analyze_import(&dir, ms.as_deref()))
+            .await
+            .map_err(|e| CliError::plain(format!("the analysis failed: {e}")))??;
+        emit_report(&report, &sink);
+        print_report(c, &sink, &report, None, show)?;
+        return Ok(report_code(&report));
+    }
+    let mut options = AnalyzeOptions::default();
+    if let Some(m) = methods {
+        options = options.methods(m);
+    }
+    if let Some(days) = a.method.history_days.or(d.history_days) {
+        options = options.history_days(days);
+    }
+    if let Some(b) = &a.method.baseline_run {
+        options = options.baseline_run(RunId::new(b.as_str()).map_err(CliError::from)?);
+    }
+    let analysis: Arc<dyn diffy_core::Analysis> = Arc::new(analysis);
+    if let Some(from) = &a.from {
+        let run = RunId::new(from.as_str()).map_err(CliError::from)?;
+        let store = registry::store(&c.store)?;
+        if let Some(k) = &a.key {
+            let m = store.get_run(&run).await?;
+            if m.target.as_str() != k {
+                return Err(CliError::new(
+                    format!("run {run} is of target {}, not {k}", m.target),
+                    "drop the key, or give the run's own target key",
+                ));
+            }
+        }
+        let engine = Engine::builder().store_arc(store).analysis_arc(analysis).build()?;
+        let report = engine.analyze_run(&run, &options, &sink).await?;
+        print_report(c, &sink, &report, Some(&evidence(c, &run)), show)?;
+        return Ok(report_code(&report));
+    }
+    let key = key(a.key.as_deref().expect("clap requires a key without --from or --import"))?;
+    let engine = collecting_engine(c, &a.target, &a.transport, &a.payload)?.analysis_arc(analysis).build()?;
+    let run = run_options(c, &a.run);
+    let cancel = CancellationToken::new();
+    ctrl_c(cancel.clone());
+    let report = engine.analyze(&key, &run, &options, &sink, cancel.clone()).await;
+    sink.finish();
+    let report = report?;
+    let id = report.run.as_ref().map(|r| r.id.clone());
+    print_report(c, &sink, &report, id.as_ref().map(|id| evidence(c, id)).as_deref(), show)?;
+    if cancel.is_cancelled() && report.outliers().next().is_none() {
+        return Ok(EXIT_INTERRUPTED);
+    }
+    if report.coverage.collected == 0 {
+        return Err(no_host_collected(&key, &report));
+    }
+    Ok(report_code(&report))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn methods() {
+        assert_eq!(parse_methods("cluster, baseline").unwrap(), vec![Method::Cluster, Method::Baseline]);
+        assert_eq!(parse_methods("all").unwrap().len(), 3);
+        assert!(parse_methods("magic").unwrap_err().help.unwrap().contains("baseline, cluster or novelty"));
+    }
+}

@@ -1,0 +1,243 @@
+//! Command-line arguments. These types stay in the CLI: they are turned into
+//! library options (`CollectOptions`, `RunOptions`, ...) in `commands`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// Text for people.
+    Human,
+    /// One JSON document.
+    Json,
+    /// JSON Lines: one `{"type": ..., "data": ...}` event per line as the run goes.
+    Jsonl,
+}
+
+const AFTER_HELP: &str = "\
+Exit status: 0 nothing found, 1 outliers found, 2 trouble (an unusable argument, or no host could be collected), 130 interrupted.
+Settings come from flags, then DIFFY_* environment variables, then diffy.toml, then defaults.";
+
+/// Diffy: triage for cloud incident response. Runs read-only queries on every
+/// host of a fleet, keeps every raw result as evidence, and points at the
+/// hosts that stand out, saying why.
+#[derive(Debug, Parser)]
+#[command(name = "diffy", bin_name = "diffy", version, after_help = AFTER_HELP, max_term_width = 100)]
+pub struct Cli {
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+
+    /// Configuration file [default: ./diffy.toml, else ~/.config/diffy/diffy.toml, if present].
+    #[arg(long, global = true, env = "DIFFY_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Evidence store: a directory [default: ./diffy-store].
+    #[arg(long, global = true, env = "DIFFY_STORE", value_name = "DIR")]
+    pub store: Option<String>,
+
+    /// Output format [default: human].
+    #[arg(long, global = true, env = "DIFFY_FORMAT", value_enum)]
+    pub format: Option<Format>,
+
+    /// More log output on stderr (-v info, -vv debug, -vvv trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Collect a baseline from known-clean hosts and make it the target's baseline.
+    Baseline(BaselineArgs),
+    /// Collect evidence from every host of a target, without analysing it.
+    Collect(CollectArgs),
+    /// Collect, then analyse: who stands out, and why (or re-analyse with --from, or --import).
+    Analyze(AnalyzeArgs),
+    /// List stored runs.
+    Runs(RunsArgs),
+    /// List the plugins compiled into this build.
+    Plugins,
+    /// Print the JSON Schema of the report or of the JSON Lines events.
+    Schema(SchemaArgs),
+}
+
+/// Which hosts.
+#[derive(Debug, Args, Clone, Default)]
+#[command(next_help_heading = "Target")]
+pub struct TargetArgs {
+    /// Target plugin [default: static].
+    #[arg(long, env = "DIFFY_TARGET", value_name = "NAME")]
+    pub target: Option<String>,
+
+    /// A host, as `ID[=ADDRESS]` (repeatable).
+    #[arg(long = "host", value_name = "HOST")]
+    pub hosts: Vec<String>,
+
+    /// A file of hosts, one per line: `ID [ADDRESS] [LABEL=VALUE ...]`.
+    #[arg(long = "hosts", env = "DIFFY_HOSTS", value_name = "FILE")]
+    pub hosts_file: Option<PathBuf>,
+}
+
+/// How to reach them.
+#[derive(Debug, Args, Clone, Default)]
+#[command(next_help_heading = "Transport")]
+pub struct TransportArgs {
+    /// Transport plugin [default: local].
+    #[arg(long, env = "DIFFY_TRANSPORT", value_name = "NAME")]
+    pub transport: Option<String>,
+
+    /// Hosts queried at once [default: 64].
+    #[arg(long, env = "DIFFY_CONCURRENCY", value_name = "N")]
+    pub concurrency: Option<usize>,
+
+    /// Time each host gets for the whole payload, e.g. 90s, 5m [default: 120s].
+    #[arg(long, env = "DIFFY_DEADLINE", value_name = "DURATION")]
+    pub deadline: Option<String>,
+
+    /// Output kept per host before it is stopped and marked truncated, e.g. 512M [default: 256M].
+    #[arg(long, env = "DIFFY_MAX_OUTPUT", value_name = "BYTES")]
+    pub max_output: Option<String>,
+}
+
+/// What to ask.
+#[derive(Debug, Args, Clone, Default)]
+#[command(next_help_heading = "Payload")]
+pub struct PayloadArgs {
+    /// Payload: `shell`, `osquery`, a name from diffy.toml, or a payload file [default: shell].
+    #[arg(long, env = "DIFFY_PAYLOAD", value_name = "NAME|FILE")]
+    pub payload: Option<String>,
+}
+
+/// Who and why.
+#[derive(Debug, Args, Clone, Default)]
+#[command(next_help_heading = "Run")]
+pub struct RunArgs {
+    /// Incident id recorded with the run (at most 100 characters).
+    #[arg(long, env = "DIFFY_INCIDENT_ID", value_name = "ID")]
+    pub incident_id: Option<String>,
+
+    /// Who is running it [default: $USER].
+    #[arg(long, env = "DIFFY_OPERATOR", value_name = "NAME")]
+    pub operator: Option<String>,
+}
+
+/// `diffy baseline`.
+#[derive(Debug, Args)]
+pub struct BaselineArgs {
+    /// Target key: what the runs are about (an Auto Scaling group, a service).
+    pub key: String,
+
+    /// Replace the target's existing baseline (its run stays in the store).
+    #[arg(long)]
+    pub replace: bool,
+
+    #[command(flatten)]
+    pub target: TargetArgs,
+    #[command(flatten)]
+    pub transport: TransportArgs,
+    #[command(flatten)]
+    pub payload: PayloadArgs,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// `diffy collect`.
+#[derive(Debug, Args)]
+pub struct CollectArgs {
+    /// Target key: what the runs are about (an Auto Scaling group, a service).
+    pub key: String,
+
+    #[command(flatten)]
+    pub target: TargetArgs,
+    #[command(flatten)]
+    pub transport: TransportArgs,
+    #[command(flatten)]
+    pub payload: PayloadArgs,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// Analysis settings.
+#[derive(Debug, Args, Clone, Default)]
+#[command(next_help_heading = "Analysis")]
+pub struct MethodArgs {
+    /// Methods: cluster, baseline, novelty (comma-separated), or all
+    /// [default: cluster, plus baseline when the target has one, plus novelty when it has history].
+    #[arg(long, env = "DIFFY_METHOD", value_name = "METHODS")]
+    pub method: Option<String>,
+
+    /// Score at which a host is an outlier [default: 5].
+    #[arg(long, env = "DIFFY_THRESHOLD", value_name = "SCORE")]
+    pub threshold: Option<f64>,
+
+    /// Known-benign findings to suppress (counted, never hidden): a TOML file.
+    #[arg(long, env = "DIFFY_SUPPRESSIONS", value_name = "FILE")]
+    pub suppressions: Option<PathBuf>,
+
+    /// Days of earlier runs that novelty compares against [default: 30].
+    #[arg(long, env = "DIFFY_HISTORY_DAYS", value_name = "DAYS")]
+    pub history_days: Option<u32>,
+
+    /// Compare against this run instead of the target's baseline.
+    #[arg(long, value_name = "RUN")]
+    pub baseline_run: Option<String>,
+}
+
+/// `diffy analyze`.
+#[derive(Debug, Args)]
+pub struct AnalyzeArgs {
+    /// Target key (not needed with --from or --import).
+    #[arg(required_unless_present_any = ["from", "import"])]
+    pub key: Option<String>,
+
+    /// Re-analyse a stored run without collecting again.
+    #[arg(long, value_name = "RUN", conflicts_with = "import")]
+    pub from: Option<String>,
+
+    /// Analyse evidence collected elsewhere: DIR/hosts/<host>.json (and DIR/baseline.json).
+    #[arg(long, value_name = "DIR")]
+    pub import: Option<PathBuf>,
+
+    /// Findings shown per host in human output [default: 5].
+    #[arg(long, value_name = "N")]
+    pub show: Option<usize>,
+
+    #[command(flatten)]
+    pub method: MethodArgs,
+    #[command(flatten)]
+    pub target: TargetArgs,
+    #[command(flatten)]
+    pub transport: TransportArgs,
+    #[command(flatten)]
+    pub payload: PayloadArgs,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// `diffy runs`.
+#[derive(Debug, Args)]
+pub struct RunsArgs {
+    /// Only runs of this target key.
+    pub key: Option<String>,
+}
+
+/// `diffy schema`.
+#[derive(Debug, Args)]
+pub struct SchemaArgs {
+    /// Which schema.
+    #[arg(value_enum, default_value = "report")]
+    pub which: SchemaKind,
+}
+
+/// Schemas `diffy schema` prints.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum SchemaKind {
+    /// The report (`--format json` of `analyze`).
+    Report,
+    /// One JSON Lines event (`--format jsonl`).
+    Events,
+}

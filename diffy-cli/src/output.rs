@@ -1,0 +1,404 @@
+//! What the command line prints: a progress bar on stderr, JSON Lines events,
+//! and text renderings of reports, runs and plugins.
+
+use std::io::{self, Write};
+use std::sync::Mutex;
+
+use diffy_core::engine::{Event, EventSink};
+use diffy_core::report::{FindingKind, Method, Presence, Report};
+use diffy_core::{HostStatus, RunManifest, RunState};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Serialize;
+
+use crate::registry::PluginInfo;
+
+/// Receives engine events: drives the progress bar (drawn only when stderr is
+/// a terminal) and, for `--format jsonl`, writes every event as a line.
+pub struct CliSink {
+    progress: ProgressBar,
+    jsonl: Option<Mutex<Box<dyn Write + Send>>>,
+}
+
+impl std::fmt::Debug for CliSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CliSink").field("jsonl", &self.jsonl.is_some()).finish()
+    }
+}
+
+impl CliSink {
+    /// A sink; `jsonl` receives events as JSON Lines.
+    pub fn new(jsonl: Option<Box<dyn Write + Send>>) -> Self {
+        let progress = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+        progress.set_style(
+            ProgressStyle::with_template("{spinner} {prefix} [{bar:30}] {pos}/{len} hosts {msg}")
+                .expect("the template is valid")
+                .progress_chars("=> "),
+        );
+        Self { progress, jsonl: jsonl.map(Mutex::new) }
+    }
+
+    /// Writes one JSON Lines record `{"type": .., "data": ..}`.
+    pub fn line<T: Serialize>(&self, kind: &str, data: &T) -> io::Result<()> {
+        if let Some(w) = &self.jsonl {
+            let mut w = w.lock().expect("the output lock is not poisoned");
+            #[derive(Serialize)]
+            struct Line<'a, T> {
+                r#type: &'a str,
+                data: &'a T,
+            }
+            serde_json::to_writer(&mut *w, &Line { r#type: kind, data })?;
+            w.write_all(b"\n")?;
+            w.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Hides the progress bar.
+    pub fn finish(&self) {
+        self.progress.finish_and_clear();
+    }
+}
+
+impl EventSink for CliSink {
+    fn event(&self, event: &Event) {
+        match event {
+            Event::RunStarted(r) => {
+                self.progress.set_length(r.hosts as u64);
+                self.progress.set_prefix(format!("{} {}", r.kind, r.target));
+            }
+            Event::HostFinished(h) => {
+                self.progress.inc(1);
+                if h.status != HostStatus::Ok {
+                    self.progress.set_message(format!("(last problem: {} {})", h.host, h.status));
+                }
+            }
+            Event::RunFinished(_) => self.progress.finish_and_clear(),
+            _ => {}
+        }
+        if let Some(w) = &self.jsonl {
+            let mut w = w.lock().expect("the output lock is not poisoned");
+            // A reader that went away (a closed pipe) must not stop the run.
+            let _ = serde_json::to_writer(&mut *w, event).map_err(io::Error::from).and_then(|()| {
+                w.write_all(b"\n")?;
+                w.flush()
+            });
+        }
+    }
+}
+
+fn methods(ms: &[Method]) -> String {
+    ms.iter().map(|m| m.as_str()).collect::<Vec<_>>().join("+")
+}
+
+fn kind(k: FindingKind) -> &'static str {
+    k.as_str()
+}
+
+/// Renders a report for people.
+pub fn report(out: &mut dyn Write, r: &Report, evidence: Option<&str>, show: usize) -> io::Result<()> {
+    match &r.run {
+        Some(run) => {
+            write!(out, "Diffy report: target {}, run {} ({}", run.target, run.id, run.kind)?;
+            if let Some(i) = &run.incident_id {
+                write!(out, ", incident {i}")?;
+            }
+            if run.state != RunState::Complete {
+                write!(out, ", {}", if run.state == RunState::Interrupted { "INTERRUPTED" } else { "NOT FINISHED" })?;
+            }
+            writeln!(out, ")")?;
+        }
+        None => writeln!(out, "Diffy report: imported from {}", r.imported_from.as_deref().unwrap_or("?"))?,
+    }
+    writeln!(
+        out,
+        "Methods: {}. Outlier threshold: score {}.",
+        if r.methods.is_empty() { "none".into() } else { methods(&r.methods) },
+        r.threshold
+    )?;
+    let c = &r.coverage;
+    let missing = c.failed + c.missing;
+    if missing == 0 {
+        writeln!(out, "Coverage: {} of {} targeted hosts analysed.", c.collected, c.targeted)?;
+    } else {
+        writeln!(
+            out,
+            "Coverage: {} of {} targeted hosts analysed; {} NOT analysed (listed below).",
+            c.collected, c.targeted, missing
+        )?;
+    }
+    if c.not_targeted > 0 {
+        writeln!(out, "Left out before collection: {} hosts (listed below).", c.not_targeted)?;
+    }
+    writeln!(out)?;
+
+    let outliers: Vec<_> = r.outliers().collect();
+    if outliers.is_empty() {
+        if missing == 0 {
+            writeln!(out, "No outliers among {} hosts.", c.collected)?;
+        } else {
+            writeln!(
+                out,
+                "No outliers among the {} hosts analysed; {} hosts were not analysed.",
+                c.collected, missing
+            )?;
+        }
+    } else {
+        writeln!(
+            out,
+            "{} outlier{} of {} hosts:",
+            outliers.len(),
+            if outliers.len() == 1 { "" } else { "s" },
+            c.collected
+        )?;
+        for h in &outliers {
+            writeln!(out)?;
+            write!(out, "  #{} {}  score {}", h.rank.unwrap_or(0), h.host, h.score)?;
+            if !h.cohorts.is_empty() {
+                write!(out, "  (in {})", h.cohorts.join(", "))?;
+            }
+            writeln!(out)?;
+            for f in h.findings.iter().take(show) {
+                writeln!(
+                    out,
+                    "    {:>5.1}  {:<8} {:<18} {}",
+                    f.score,
+                    kind(f.kind),
+                    methods(&f.methods),
+                    f.explanation
+                )?;
+            }
+            if h.findings.len() > show {
+                writeln!(out, "           … {} more findings (--show N, or --format json)", h.findings.len() - show)?;
+            }
+            if h.suppressed > 0 {
+                writeln!(out, "           {} findings suppressed", h.suppressed)?;
+            }
+        }
+    }
+
+    if !r.cohorts.is_empty() {
+        writeln!(out)?;
+        writeln!(out, "Cohorts (hosts that differ together, e.g. a canary; not scored):")?;
+        for co in &r.cohorts {
+            let hosts = if co.hosts.len() <= 6 {
+                co.hosts.join(", ")
+            } else {
+                format!("{}, … {} more", co.hosts[..5].join(", "), co.hosts.len() - 5)
+            };
+            writeln!(
+                out,
+                "  {}: {} of {} hosts ({hosts}), {} rows",
+                co.id,
+                co.prevalence.hosts,
+                co.prevalence.of,
+                co.rows.len()
+            )?;
+            for row in co.rows.iter().take(show) {
+                let sign = if row.presence == Presence::Present { "+" } else { "-" };
+                let text: Vec<String> = row.row.iter().map(|(k, v)| format!("{k}={}", shorten(v, 60))).collect();
+                writeln!(out, "     {sign} {} {}", row.query, text.join(" "))?;
+            }
+            if co.rows.len() > show {
+                writeln!(out, "     … {} more rows", co.rows.len() - show)?;
+            }
+        }
+    }
+
+    if !r.drift.is_empty() {
+        writeln!(out)?;
+        writeln!(out, "Fleet-wide differences (most hosts; reported once):")?;
+        for d in r.drift.iter().take(show * 4) {
+            writeln!(out, "  {:<8} {:<9} {}", kind(d.kind), d.method.as_str(), d.explanation)?;
+        }
+        if r.drift.len() > show * 4 {
+            writeln!(out, "  … {} more", r.drift.len() - show * 4)?;
+        }
+    }
+
+    if missing > 0 || c.not_targeted > 0 {
+        writeln!(out)?;
+        writeln!(out, "Not analysed:")?;
+        for h in r.hosts.iter().filter(|h| h.rank.is_none()) {
+            writeln!(out, "  {}  {}  {}", h.host, h.status, h.message.as_deref().unwrap_or(""))?;
+        }
+        for h in &c.not_targeted_hosts {
+            writeln!(out, "  {}  not targeted  {}", h.host, h.reason)?;
+        }
+    }
+
+    let partial: Vec<_> = r.hosts.iter().filter(|h| h.rank.is_some() && !h.failed_queries.is_empty()).collect();
+    if !partial.is_empty() {
+        writeln!(out)?;
+        writeln!(
+            out,
+            "Queries without usable rows ({} host{}):",
+            partial.len(),
+            if partial.len() == 1 { "" } else { "s" }
+        )?;
+        for h in partial.iter().take(show * 4) {
+            let q: Vec<String> = h
+                .failed_queries
+                .iter()
+                .map(|f| format!("{} {} ({})", f.query, f.status, shorten(&f.message, 80)))
+                .collect();
+            writeln!(out, "  {}: {}", h.host, q.join("; "))?;
+        }
+        if partial.len() > show * 4 {
+            writeln!(out, "  … {} more hosts", partial.len() - show * 4)?;
+        }
+    }
+
+    if !r.suppressed.is_empty() {
+        writeln!(out)?;
+        writeln!(out, "Suppressed (known benign, not scored):")?;
+        for s in &r.suppressed {
+            writeln!(out, "  {} findings on {} hosts: {} ({})", s.findings, s.hosts, s.reason, s.query)?;
+        }
+    }
+
+    if !r.warnings.is_empty() {
+        writeln!(out)?;
+        writeln!(out, "Warnings:")?;
+        for w in &r.warnings {
+            writeln!(out, "  ! {w}")?;
+        }
+    }
+
+    writeln!(out)?;
+    let rest: Vec<_> = r.hosts.iter().filter(|h| h.rank.is_some() && !h.outlier).collect();
+    if let Some(top) = rest.first() {
+        writeln!(
+            out,
+            "Other hosts: {} below the threshold; highest {} with score {}.",
+            rest.len(),
+            top.host,
+            top.score
+        )?;
+    }
+    if let Some(e) = evidence {
+        writeln!(out, "Evidence: {e}")?;
+    }
+    Ok(())
+}
+
+fn shorten(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_string()
+    } else {
+        let mut t: String = s.chars().take(max).collect();
+        t.push('…');
+        t
+    }
+}
+
+/// Renders a finished collection for people.
+pub fn run_summary(out: &mut dyn Write, m: &RunManifest, evidence: &str) -> io::Result<()> {
+    let c = &m.counts;
+    writeln!(
+        out,
+        "{} run {} of target {}: {} of {} hosts collected, {} failed{}.",
+        m.kind,
+        m.id,
+        m.target,
+        c.collected,
+        c.targeted,
+        c.failed,
+        if c.missing > 0 { format!(", {} never reported", c.missing) } else { String::new() }
+    )?;
+    if m.state == RunState::Interrupted {
+        writeln!(out, "The run was interrupted; what arrived is kept.")?;
+    }
+    if !c.by_status.is_empty() {
+        let s: Vec<String> = c.by_status.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        writeln!(out, "Hosts by status: {}.", s.join(", "))?;
+    }
+    writeln!(out, "Evidence: {evidence}")?;
+    Ok(())
+}
+
+/// A stored run, as `diffy runs` lists it.
+#[derive(Debug, Serialize)]
+pub struct RunListing<'a> {
+    /// Run id.
+    pub id: &'a str,
+    /// Target key.
+    pub target: &'a str,
+    /// Baseline or survey.
+    pub kind: diffy_core::RunKind,
+    /// Running, complete, interrupted.
+    pub state: RunState,
+    /// Start.
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    /// End.
+    pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Incident.
+    pub incident_id: Option<&'a str>,
+    /// Operator.
+    pub operator: Option<&'a str>,
+    /// Transport.
+    pub transport: &'a str,
+    /// Payload name.
+    pub payload: &'a str,
+    /// Payload hash.
+    pub payload_hash: &'a str,
+    /// Hosts targeted.
+    pub hosts: usize,
+    /// Hosts collected.
+    pub collected: usize,
+    /// Hosts failed.
+    pub failed: usize,
+    /// Whether it is its target's current baseline.
+    pub baseline: bool,
+}
+
+/// Renders stored runs.
+pub fn runs(out: &mut dyn Write, runs: &[RunListing<'_>]) -> io::Result<()> {
+    if runs.is_empty() {
+        return writeln!(out, "No runs stored yet. Start with `diffy collect KEY` or `diffy baseline KEY`.");
+    }
+    writeln!(
+        out,
+        "{:<26} {:<9} {:<20} {:<17} {:<11} {:>9} {:>6}  INCIDENT",
+        "RUN", "KIND", "TARGET", "STARTED (UTC)", "STATE", "COLLECTED", "FAILED"
+    )?;
+    for r in runs {
+        let state = match r.state {
+            RunState::Running => "unfinished",
+            RunState::Complete => "complete",
+            RunState::Interrupted => "interrupted",
+        };
+        let kind = if r.baseline {
+            "baseline*"
+        } else if r.kind == diffy_core::RunKind::Baseline {
+            "baseline"
+        } else {
+            "survey"
+        };
+        writeln!(
+            out,
+            "{:<26} {:<9} {:<20} {:<17} {:<11} {:>9} {:>6}  {}",
+            r.id,
+            kind,
+            shorten(r.target, 20),
+            r.started_at.format("%Y-%m-%d %H:%M"),
+            state,
+            format!("{}/{}", r.collected, r.hosts),
+            r.failed,
+            r.incident_id.unwrap_or("-")
+        )?;
+    }
+    if runs.iter().any(|r| r.baseline) {
+        writeln!(out, "* the target's current baseline")?;
+    }
+    Ok(())
+}
+
+/// Renders the plugin table.
+pub fn plugins(out: &mut dyn Write, plugins: &[PluginInfo]) -> io::Result<()> {
+    writeln!(out, "{:<10} {:<9} {:<32} ABOUT", "KIND", "NAME", "IN THIS BUILD")?;
+    for p in plugins {
+        let status = if p.compiled { "yes".to_string() } else { format!("no (feature {})", p.feature) };
+        writeln!(out, "{:<10} {:<9} {:<32} {}", p.kind, p.name, status, p.about)?;
+    }
+    Ok(())
+}

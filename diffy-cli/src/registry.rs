@@ -1,0 +1,258 @@
+//! The plugins this build contains, chosen by cargo features. No hidden
+//! registration: this table is the whole list, so a build is easy to audit.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use diffy_core::{Collection, Host, HostId, Payload, Persistence, Target};
+use serde::Serialize;
+
+use crate::config::Config;
+#[cfg(feature = "payload-file")]
+use crate::config::PayloadEntry;
+use crate::error::{CliError, CliResult};
+
+/// One plugin Diffy knows.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct PluginInfo {
+    /// target, transport, payload, store or analysis.
+    pub kind: &'static str,
+    /// Its name on the command line.
+    pub name: &'static str,
+    /// The cargo feature of `diffy-cli` that builds it in.
+    pub feature: &'static str,
+    /// Whether this build has it.
+    pub compiled: bool,
+    /// What it does.
+    pub about: &'static str,
+}
+
+/// Every plugin of this workspace.
+pub const PLUGINS: &[PluginInfo] = &[
+    PluginInfo {
+        kind: "target",
+        name: "static",
+        feature: "target-static",
+        compiled: cfg!(feature = "target-static"),
+        about: "hosts from --host and --hosts FILE",
+    },
+    PluginInfo {
+        kind: "transport",
+        name: "local",
+        feature: "transport-local",
+        compiled: cfg!(feature = "transport-local"),
+        about: "runs the payload on this machine, once per host, with DIFFY_HOST set",
+    },
+    PluginInfo {
+        kind: "payload",
+        name: "shell",
+        feature: "payload-shell",
+        compiled: cfg!(feature = "payload-shell"),
+        about: "standard security pack in POSIX sh (ss, /proc, /etc/passwd, cron, keys, sha256sum)",
+    },
+    PluginInfo {
+        kind: "payload",
+        name: "osquery",
+        feature: "payload-osquery",
+        compiled: cfg!(feature = "payload-osquery"),
+        about: "standard security pack as osqueryi --json queries",
+    },
+    PluginInfo {
+        kind: "payload",
+        name: "file",
+        feature: "payload-file",
+        compiled: cfg!(feature = "payload-file"),
+        about: "queries from a TOML payload file or from [payloads] in diffy.toml",
+    },
+    PluginInfo {
+        kind: "store",
+        name: "fs",
+        feature: "store-fs",
+        compiled: cfg!(feature = "store-fs"),
+        about: "runs and raw evidence in a local directory (--store DIR)",
+    },
+    PluginInfo {
+        kind: "analysis",
+        name: "diffy",
+        feature: "analysis",
+        compiled: cfg!(feature = "analysis"),
+        about: "baseline, cluster (with cohorts) and novelty analysis",
+    },
+];
+
+/// Finds a plugin, or says why it cannot be used.
+pub fn lookup(plugins: &'static [PluginInfo], kind: &str, name: &str) -> CliResult<&'static PluginInfo> {
+    match plugins.iter().find(|p| p.kind == kind && p.name == name) {
+        Some(p) if p.compiled => Ok(p),
+        Some(p) => Err(CliError::new(
+            format!("the {kind} plugin {name:?} is not compiled into this build of diffy"),
+            format!("rebuild with it: cargo build --release -p diffy-cli --features {}", p.feature),
+        )),
+        None => {
+            let known: Vec<&str> = plugins.iter().filter(|p| p.kind == kind).map(|p| p.name).collect();
+            Err(CliError::new(
+                format!("unknown {kind} {name:?}"),
+                format!("this build knows: {} (`diffy plugins` lists every plugin)", known.join(", ")),
+            ))
+        }
+    }
+}
+
+fn not_built(kind: &str, name: &str) -> CliError {
+    CliError::plain(format!("the {kind} plugin {name:?} is not compiled into this build of diffy"))
+}
+
+/// Parses `ID[=ADDRESS]`.
+pub fn parse_host(s: &str) -> CliResult<Host> {
+    let (id, address) = match s.split_once('=') {
+        Some((id, a)) => (id, Some(a)),
+        None => (s, None),
+    };
+    let mut h = Host::new(HostId::new(id).map_err(CliError::from)?);
+    h.address = address.map(str::to_string);
+    Ok(h)
+}
+
+/// This machine's name, as the default host of the local transport.
+pub fn local_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| HostId::new(s.as_str()).is_ok())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+/// Builds the target.
+pub fn target(name: &str, hosts: Vec<Host>, hosts_file: Option<&Path>, transport: &str) -> CliResult<Arc<dyn Target>> {
+    lookup(PLUGINS, "target", name)?;
+    #[cfg(feature = "target-static")]
+    if name == "static" {
+        let mut all = hosts;
+        if let Some(f) = hosts_file {
+            all.extend(diffy_core::StaticTarget::from_file(f)?.hosts().iter().cloned());
+        }
+        if all.is_empty() {
+            if transport != "local" {
+                return Err(CliError::new(
+                    "no hosts to query",
+                    "name them with --host ID[=ADDRESS] (repeatable) or --hosts FILE",
+                ));
+            }
+            all.push(Host::new(HostId::new(local_hostname()).map_err(CliError::from)?));
+        }
+        return Ok(Arc::new(diffy_core::StaticTarget::new(all)?));
+    }
+    let _ = (hosts, hosts_file, transport);
+    Err(not_built("target", name))
+}
+
+/// Builds the transport.
+pub fn transport(name: &str) -> CliResult<Arc<dyn Collection>> {
+    lookup(PLUGINS, "transport", name)?;
+    #[cfg(feature = "transport-local")]
+    if name == "local" {
+        return Ok(Arc::new(diffy_core::PerHost::new(diffy_core::LocalTransport::new())));
+    }
+    Err(not_built("transport", name))
+}
+
+/// Builds the payload: `shell`, `osquery`, a name from the configuration, or a file.
+pub fn payload(name: &str, config: &Config) -> CliResult<Arc<dyn Payload>> {
+    match name {
+        "shell" => {
+            lookup(PLUGINS, "payload", "shell")?;
+            #[cfg(feature = "payload-shell")]
+            return Ok(Arc::new(diffy_core::ShellPayload));
+            #[allow(unreachable_code)]
+            Err(not_built("payload", name))
+        }
+        "osquery" => {
+            lookup(PLUGINS, "payload", "osquery")?;
+            #[cfg(feature = "payload-osquery")]
+            return Ok(Arc::new(diffy_core::OsqueryPayload));
+            #[allow(unreachable_code)]
+            Err(not_built("payload", name))
+        }
+        other => {
+            let entry = config.payloads.get(other);
+            let path = Path::new(other);
+            if entry.is_none() && !path.is_file() {
+                let named: Vec<&str> = config.payloads.keys().map(String::as_str).collect();
+                return Err(CliError::new(
+                    format!(
+                        "unknown payload {other:?}: not shell, not osquery, not named in diffy.toml, and no such file"
+                    ),
+                    if named.is_empty() {
+                        "use --payload shell, --payload osquery, or the path of a payload file".to_string()
+                    } else {
+                        format!("use shell, osquery, a payload file, or one of: {}", named.join(", "))
+                    },
+                ));
+            }
+            lookup(PLUGINS, "payload", "file")?;
+            #[cfg(feature = "payload-file")]
+            {
+                let p = match entry {
+                    Some(PayloadEntry::File(f)) => diffy_core::FilePayload::from_path(&config.path(f))?,
+                    Some(PayloadEntry::Inline(table)) => {
+                        let text = toml::to_string(table).map_err(|e| CliError::plain(e.to_string()))?;
+                        diffy_core::FilePayload::from_spec(diffy_core::PayloadSpec::from_toml(&text, other)?)?
+                    }
+                    None => diffy_core::FilePayload::from_path(path)?,
+                };
+                return Ok(Arc::new(p));
+            }
+            #[allow(unreachable_code)]
+            {
+                let _ = (entry, path);
+                Err(not_built("payload", "file"))
+            }
+        }
+    }
+}
+
+/// Opens the store.
+pub fn store(location: &str) -> CliResult<Arc<dyn Persistence>> {
+    if let Some((scheme, _)) = location.split_once("://") {
+        return Err(CliError::new(
+            format!("no store for {scheme}:// locations in this build"),
+            "use a local directory, e.g. --store ./diffy-store",
+        ));
+    }
+    lookup(PLUGINS, "store", "fs")?;
+    #[cfg(feature = "store-fs")]
+    return Ok(Arc::new(diffy_core::FsStore::open(location)?));
+    #[allow(unreachable_code)]
+    Err(not_built("store", "fs"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FAKE: &[PluginInfo] = &[
+        PluginInfo { kind: "transport", name: "local", feature: "transport-local", compiled: true, about: "" },
+        PluginInfo { kind: "transport", name: "ssh", feature: "transport-ssh", compiled: false, about: "" },
+    ];
+
+    #[test]
+    fn missing_plugin_says_not_compiled_in_and_how_to_get_it() {
+        let e = lookup(FAKE, "transport", "ssh").unwrap_err();
+        assert_eq!(e.message, "the transport plugin \"ssh\" is not compiled into this build of diffy");
+        assert_eq!(
+            e.help.as_deref(),
+            Some("rebuild with it: cargo build --release -p diffy-cli --features transport-ssh")
+        );
+        let e = lookup(FAKE, "transport", "carrier-pigeon").unwrap_err();
+        assert!(e.help.unwrap().contains("this build knows: local, ssh"));
+        assert!(lookup(FAKE, "transport", "local").is_ok());
+    }
+
+    #[test]
+    fn hosts_with_addresses() {
+        let h = parse_host("web-1=admin@127.0.0.1").unwrap();
+        assert_eq!(h.id.as_str(), "web-1");
+        assert_eq!(h.address(), "admin@127.0.0.1");
+        assert!(parse_host("../x").is_err());
+    }
+}

@@ -1,0 +1,205 @@
+//! Collection: the command transport that runs a payload on many hosts.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::Utc;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::names::{Host, HostId};
+use crate::query::PayloadSpec;
+use crate::result::{HostResult, HostStatus};
+use crate::script::{Execution, Script, assemble};
+
+/// Limits of one collection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CollectOptions {
+    /// Hosts queried at once. Default 64.
+    pub concurrency: usize,
+    /// Time each host gets for the whole payload, enforced on the host (each
+    /// query under `timeout`) and locally. Default 120 s.
+    pub host_deadline: Duration,
+    /// Extra time the local side waits past `host_deadline` for the host's own
+    /// timeout to report, before it stops the host by force. Default 5 s.
+    pub grace: Duration,
+    /// Bytes of output kept per host before the host is stopped and marked
+    /// truncated. Default 256 MiB.
+    pub max_output_bytes: u64,
+}
+
+impl Default for CollectOptions {
+    fn default() -> Self {
+        Self {
+            concurrency: 64,
+            host_deadline: Duration::from_secs(120),
+            grace: Duration::from_secs(5),
+            max_output_bytes: 256 << 20,
+        }
+    }
+}
+
+impl CollectOptions {
+    /// Sets the concurrency (at least 1).
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n.max(1);
+        self
+    }
+
+    /// Sets the per-host deadline.
+    pub fn host_deadline(mut self, d: Duration) -> Self {
+        self.host_deadline = d;
+        self
+    }
+
+    /// Sets the grace period.
+    pub fn grace(mut self, d: Duration) -> Self {
+        self.grace = d;
+        self
+    }
+
+    /// Sets the output limit.
+    pub fn max_output_bytes(mut self, n: u64) -> Self {
+        self.max_output_bytes = n;
+        self
+    }
+}
+
+/// One collection to perform.
+#[derive(Clone, Debug)]
+pub struct CollectRequest {
+    /// The hosts to query.
+    pub hosts: Vec<Host>,
+    /// The payload.
+    pub spec: Arc<PayloadSpec>,
+    /// The payload rendered for this run.
+    pub script: Arc<Script>,
+    /// Limits.
+    pub options: CollectOptions,
+    /// Cancelled when the run must stop (Ctrl-C).
+    pub cancel: CancellationToken,
+}
+
+/// Progress of a collection.
+#[derive(Clone, Debug)]
+pub enum CollectEvent {
+    /// The transport began work on a host.
+    Started(HostId),
+    /// A host finished, whatever the outcome.
+    Finished(Box<HostResult>),
+}
+
+/// A command transport: runs a payload on many hosts.
+///
+/// # Contract
+/// - Yields exactly one [`CollectEvent::Finished`] per requested host, in the
+///   order hosts finish, then ends. A host that fails (unreachable, refused,
+///   timed out, garbage) is a result with that status, never a stream error.
+/// - Yields [`CollectEvent::Started`] for a host before its `Finished`, when it
+///   actually starts work on it.
+/// - Works on at most `options.concurrency` hosts at once.
+/// - Every host finishes by `host_deadline + grace` after it started; the
+///   deadline is enforced on the host as well, because stopping the local side
+///   does not stop a remote command.
+/// - When `cancel` fires: starts no new host, stops running ones promptly, and
+///   still yields a result for every host (status `cancelled`, with whatever
+///   output had arrived).
+/// - Raw output is kept byte for byte (up to `max_output_bytes`, then the host
+///   is stopped and marked `truncated`).
+/// - Never sends credentials to hosts.
+pub trait Collection: Send + Sync + std::fmt::Debug {
+    /// The transport's name (`local`, `ssh`, `ssm`).
+    fn name(&self) -> &str;
+
+    /// Starts the collection; results arrive on the stream as hosts finish.
+    fn collect(&self, request: CollectRequest) -> BoxStream<'static, CollectEvent>;
+}
+
+/// Limits handed to [`HostExec::exec`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExecLimits {
+    /// When to stop the host by force: the host deadline plus the grace period.
+    pub deadline: Duration,
+    /// Output bytes to keep before stopping the host.
+    pub max_output_bytes: u64,
+}
+
+/// A transport that runs one script on one host at a time. Wrap it in
+/// [`PerHost`] to get a [`Collection`] with concurrency, cancellation and
+/// framing handled once for every such transport.
+#[async_trait]
+pub trait HostExec: Send + Sync + std::fmt::Debug + 'static {
+    /// The transport's name.
+    fn name(&self) -> &str;
+
+    /// Runs `script` on `host` (as `sh -s` with the script on standard input,
+    /// or equivalent), honouring `limits` and `cancel`, and returns what came
+    /// back. Failures are returned as [`crate::script::ExecEnd::Failed`].
+    async fn exec(&self, host: &Host, script: &Script, limits: ExecLimits, cancel: &CancellationToken) -> Execution;
+}
+
+/// A [`Collection`] built from a [`HostExec`].
+#[derive(Debug)]
+pub struct PerHost<E> {
+    exec: Arc<E>,
+}
+
+impl<E: HostExec> PerHost<E> {
+    /// Wraps `exec`.
+    pub fn new(exec: E) -> Self {
+        Self { exec: Arc::new(exec) }
+    }
+
+    /// The wrapped transport.
+    pub fn inner(&self) -> &E {
+        &self.exec
+    }
+}
+
+impl<E: HostExec> Collection for PerHost<E> {
+    fn name(&self) -> &str {
+        self.exec.name()
+    }
+
+    fn collect(&self, request: CollectRequest) -> BoxStream<'static, CollectEvent> {
+        let (tx, rx) = mpsc::channel::<CollectEvent>(256);
+        let exec = self.exec.clone();
+        tokio::spawn(async move {
+            let CollectRequest { hosts, spec, script, options, cancel } = request;
+            let limits = ExecLimits {
+                deadline: options.host_deadline + options.grace,
+                max_output_bytes: options.max_output_bytes,
+            };
+            futures::stream::iter(hosts)
+                .for_each_concurrent(options.concurrency.max(1), |host| {
+                    let (tx, exec, spec, script, cancel) =
+                        (tx.clone(), exec.clone(), spec.clone(), script.clone(), cancel.clone());
+                    async move {
+                        if cancel.is_cancelled() {
+                            let r = HostResult::failed(
+                                host,
+                                HostStatus::Cancelled,
+                                "the run was interrupted before this host started",
+                                Utc::now(),
+                            );
+                            let _ = tx.send(CollectEvent::Finished(Box::new(r))).await;
+                            return;
+                        }
+                        let _ = tx.send(CollectEvent::Started(host.id.clone())).await;
+                        let execution = exec.exec(&host, &script, limits, &cancel).await;
+                        // Hashing large outputs is CPU work: keep it off the I/O threads.
+                        let result = tokio::task::spawn_blocking(move || assemble(host, &spec, &script, execution))
+                            .await
+                            .expect("assembling a host result does not panic");
+                        let _ = tx.send(CollectEvent::Finished(Box::new(result))).await;
+                    }
+                })
+                .await;
+        });
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (e, rx)) }).boxed()
+    }
+}

@@ -1,0 +1,386 @@
+//! Payloads: which queries run on a host. Built in: the standard security pack
+//! as osquery SQL ([`OsqueryPayload`]) and as plain shell for hosts without
+//! osquery ([`ShellPayload`]), and payloads read from a file ([`FilePayload`]).
+//!
+//! Both standard packs ask the same questions under the same query names with
+//! the same column names (osquery's), so their rows can be compared and the
+//! analysis normalises them the same way:
+//!
+//! | query | columns |
+//! |---|---|
+//! | `processes` | pid, parent, uid, name, path, cmdline |
+//! | `listening_ports` | pid, port, protocol, family, address, name, path |
+//! | `crontab` | event, minute, hour, day_of_month, month, day_of_week, command, path |
+//! | `kernel_modules` | name, size, used_by, status, address |
+//! | `users` | username, uid, gid, description, directory, shell |
+//! | `authorized_keys` | uid, username, key_file, options, algorithm, key, comment |
+//! | `file_hashes` | path, sha256 |
+//! | `shell_history` | username, history_file |
+//! | `suid_bin` | path, username, groupname, permissions |
+//! | `startup_items` | name, path, source, status |
+
+use std::path::Path;
+
+use crate::names::TargetKey;
+use crate::query::{OutputFormat, PayloadSpec, Query};
+use crate::{Error, Result};
+
+/// What a payload may adapt to.
+#[derive(Clone, Debug)]
+pub struct PayloadContext {
+    /// The target key of the run.
+    pub target: TargetKey,
+}
+
+/// Provides the queries of a run.
+///
+/// # Contract
+/// - Returns a valid spec ([`PayloadSpec::validate`]); the engine checks again.
+/// - Queries must be read-only: Diffy runs during incidents on hosts that are
+///   evidence.
+pub trait Payload: Send + Sync + std::fmt::Debug {
+    /// The payload's name.
+    fn name(&self) -> &str;
+
+    /// The queries for this context.
+    fn spec(&self, ctx: &PayloadContext) -> Result<PayloadSpec>;
+}
+
+/// Key system binaries whose SHA-256 the standard packs record.
+pub const KEY_BINARIES: &[&str] = &[
+    "/usr/bin/bash",
+    "/usr/bin/sh",
+    "/usr/bin/dash",
+    "/usr/bin/ls",
+    "/usr/bin/ps",
+    "/usr/bin/top",
+    "/usr/bin/login",
+    "/usr/bin/su",
+    "/usr/bin/sudo",
+    "/usr/bin/passwd",
+    "/usr/bin/ssh",
+    "/usr/sbin/sshd",
+    "/usr/bin/ss",
+    "/usr/bin/netstat",
+    "/usr/bin/find",
+    "/usr/bin/crontab",
+    "/usr/sbin/cron",
+    "/usr/bin/mount",
+    "/usr/bin/kill",
+    "/usr/bin/who",
+    "/usr/bin/w",
+    "/usr/bin/last",
+    "/usr/bin/lsof",
+    "/usr/bin/id",
+    "/usr/bin/curl",
+    "/usr/bin/wget",
+    "/usr/bin/systemctl",
+    "/usr/sbin/ip",
+    "/bin/bash",
+    "/bin/sh",
+    "/bin/ls",
+    "/bin/ps",
+    "/bin/login",
+    "/bin/su",
+    "/bin/netstat",
+    "/sbin/sshd",
+];
+
+struct Standard {
+    name: &'static str,
+    identity: &'static [&'static str],
+    volatile: &'static [&'static str],
+    description: &'static str,
+    osquery: &'static str,
+    shell: &'static str,
+    format: OutputFormat,
+}
+
+const PROCESSES_SH: &str = r#"printf 'pid\tparent\tuid\tname\tpath\tcmdline\n'
+for d in /proc/[0-9]*; do
+  n=; pp=; u=
+  { while IFS= read -r l; do
+      case $l in
+        Name:*) n=${l#Name:?} ;;
+        PPid:*) pp=${l#PPid:?} ;;
+        Uid:*) set -- ${l#Uid:}; u=$1; break ;;
+      esac
+    done < "$d/status"; } 2>/dev/null || continue
+  e=$(readlink "$d/exe" 2>/dev/null | tr '\t\n' '  ')
+  c=$(tr '\000\t\n' '   ' < "$d/cmdline" 2>/dev/null)
+  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "${d#/proc/}" "$pp" "$u" "$n" "$e" "${c% }"
+done"#;
+
+const LISTENING_SH: &str = r#"o=$(ss -H -tulnp 2>/dev/null || ss -tulnp) || exit $?
+printf '%s\n' "$o"
+for p in $(printf '%s\n' "$o" | grep -o 'pid=[0-9]*' | cut -d= -f2 | sort -u); do
+  printf 'exe\t%s\t%s\n' "$p" "$(readlink "/proc/$p/exe" 2>/dev/null | tr '\t\n' '  ')"
+done"#;
+
+const CRONTAB_SH: &str = r#"for f in /etc/crontab /etc/cron.d/* /var/spool/cron/crontabs/* /var/spool/cron/*; do
+  [ -f "$f" ] && [ -r "$f" ] || continue
+  while IFS= read -r l || [ -n "$l" ]; do printf '%s\t%s\n' "$f" "$l"; done < "$f"
+done"#;
+
+const AUTHORIZED_KEYS_SH: &str = r#"while IFS=: read -r u _ uid _ _ home _; do
+  for f in "$home/.ssh/authorized_keys" "$home/.ssh/authorized_keys2"; do
+    [ -f "$f" ] && [ -r "$f" ] || continue
+    while IFS= read -r l || [ -n "$l" ]; do printf '%s\t%s\t%s\t%s\n' "$uid" "$u" "$f" "$l"; done < "$f"
+  done
+done < /etc/passwd"#;
+
+const SHELL_HISTORY_SH: &str = r#"printf 'username\thistory_file\n'
+while IFS=: read -r u _ _ _ _ home _; do
+  for f in .bash_history .zsh_history .sh_history .ash_history .history .python_history .mysql_history; do
+    if [ -f "$home/$f" ]; then printf '%s\t%s\n' "$u" "$home/$f"; fi
+  done
+done < /etc/passwd"#;
+
+const SUID_SH: &str = r#"printf 'path\tusername\tgroupname\tpermissions\n'
+t=$(printf '\t')
+set --
+for d in /bin /sbin /usr/bin /usr/sbin /usr/local/bin /usr/local/sbin /usr/libexec /opt /tmp /var/tmp /dev/shm; do
+  [ -d "$d" ] && [ ! -L "$d" ] && set -- "$@" "$d"
+done
+[ $# -gt 0 ] || exit 0
+find "$@" -xdev -type f \( -perm -4000 -o -perm -2000 \) -exec stat -c "%n$t%U$t%G$t%A" {} + 2>/dev/null
+exit 0"#;
+
+const STARTUP_SH: &str = r#"printf 'name\tpath\tsource\tstatus\n'
+for f in /etc/systemd/system/*.wants/* /etc/init.d/* /etc/rc.local; do
+  [ -e "$f" ] || [ -L "$f" ] || continue
+  p=$(readlink -f "$f" 2>/dev/null) || p=$f
+  printf '%s\t%s\t%s\t%s\n' "${f##*/}" "$p" "${f%/*}" enabled
+done"#;
+
+fn file_hashes_sh() -> String {
+    let mut s = String::from("set --\nfor f in");
+    for p in KEY_BINARIES {
+        s.push(' ');
+        s.push_str(p);
+    }
+    s.push_str("; do\n  [ -f \"$f\" ] && set -- \"$@\" \"$f\"\ndone\n[ $# -gt 0 ] || exit 0\nsha256sum \"$@\"");
+    s
+}
+
+fn file_hashes_sql() -> String {
+    let list: Vec<String> = KEY_BINARIES.iter().map(|p| format!("'{p}'")).collect();
+    format!("SELECT path, sha256 FROM hash WHERE path IN ({});", list.join(", "))
+}
+
+const STANDARD: &[Standard] = &[
+    Standard {
+        name: "processes",
+        identity: &["name", "path", "cmdline", "uid"],
+        volatile: &["pid", "parent"],
+        description: "running processes: name, executable path, command line, user",
+        osquery: "SELECT pid, parent, uid, name, path, cmdline FROM processes;",
+        shell: PROCESSES_SH,
+        format: OutputFormat::Tsv,
+    },
+    Standard {
+        name: "listening_ports",
+        identity: &["protocol", "port", "path"],
+        volatile: &["pid"],
+        description: "TCP and UDP listeners with the process that owns them",
+        osquery: "SELECT lp.pid, lp.port, lp.protocol, lp.family, lp.address, p.name, p.path \
+                  FROM listening_ports lp LEFT JOIN processes p USING (pid) \
+                  WHERE lp.family IN (2, 10) AND lp.port != 0;",
+        shell: LISTENING_SH,
+        format: OutputFormat::Ss,
+    },
+    Standard {
+        name: "crontab",
+        identity: &["command", "path"],
+        volatile: &[],
+        description: "cron entries of the system and of every user",
+        osquery: "SELECT event, minute, hour, day_of_month, month, day_of_week, command, path FROM crontab;",
+        shell: CRONTAB_SH,
+        format: OutputFormat::Crontab,
+    },
+    Standard {
+        name: "kernel_modules",
+        identity: &["name"],
+        volatile: &["size", "used_by", "address"],
+        description: "loaded kernel modules",
+        osquery: "SELECT name, size, used_by, status, address FROM kernel_modules;",
+        // A kernel built without module support has no /proc/modules: no modules is a fact, not a failure.
+        shell: "[ -e /proc/modules ] || exit 0\ncat /proc/modules",
+        format: OutputFormat::ProcModules,
+    },
+    Standard {
+        name: "users",
+        identity: &["username"],
+        volatile: &[],
+        description: "local users from /etc/passwd",
+        osquery: "SELECT username, uid, gid, description, directory, shell FROM users;",
+        shell: "cat /etc/passwd",
+        format: OutputFormat::Passwd,
+    },
+    Standard {
+        name: "authorized_keys",
+        identity: &["key_file", "key"],
+        volatile: &[],
+        description: "SSH keys allowed to log in as each user",
+        osquery: "SELECT ak.uid, u.username, ak.key_file, ak.options, ak.algorithm, ak.key, ak.comment \
+                  FROM users u CROSS JOIN authorized_keys ak USING (uid);",
+        shell: AUTHORIZED_KEYS_SH,
+        format: OutputFormat::AuthorizedKeys,
+    },
+    Standard {
+        name: "file_hashes",
+        identity: &["path"],
+        volatile: &[],
+        description: "SHA-256 of key system binaries",
+        osquery: "",
+        shell: "",
+        format: OutputFormat::Sha256sum,
+    },
+    Standard {
+        name: "shell_history",
+        identity: &["username", "history_file"],
+        volatile: &[],
+        description: "which users have shell history files",
+        osquery: "SELECT DISTINCT u.username, sh.history_file FROM users u CROSS JOIN shell_history sh USING (uid);",
+        shell: SHELL_HISTORY_SH,
+        format: OutputFormat::Tsv,
+    },
+    Standard {
+        name: "suid_bin",
+        identity: &["path"],
+        volatile: &[],
+        description: "setuid and setgid binaries",
+        osquery: "SELECT path, username, groupname, permissions FROM suid_bin;",
+        shell: SUID_SH,
+        format: OutputFormat::Tsv,
+    },
+    Standard {
+        name: "startup_items",
+        identity: &["name", "path"],
+        volatile: &[],
+        description: "services and scripts started at boot",
+        osquery: "SELECT name, path, source, status FROM startup_items;",
+        shell: STARTUP_SH,
+        format: OutputFormat::Tsv,
+    },
+];
+
+fn standard_query(s: &Standard, osquery: bool) -> Query {
+    let mut q = if osquery {
+        let sql = if s.name == "file_hashes" { file_hashes_sql() } else { s.osquery.to_string() };
+        Query::osquery(s.name, sql)
+    } else {
+        let sh = if s.name == "file_hashes" { file_hashes_sh() } else { s.shell.to_string() };
+        Query::shell(s.name, sh, s.format)
+    };
+    q = q.identity(s.identity.iter().copied()).volatile(s.volatile.iter().copied()).describe(s.description);
+    q
+}
+
+/// The standard pack's query named `name` (shell form), if there is one; used
+/// to normalise evidence imported from elsewhere under the same names.
+pub fn standard_query_named(name: &str) -> Option<Query> {
+    STANDARD.iter().find(|s| s.name == name).map(|s| standard_query(s, false))
+}
+
+/// The standard pack as osquery SQL, run with `osqueryi --json`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OsqueryPayload;
+
+impl OsqueryPayload {
+    /// The pack's spec.
+    pub fn pack() -> PayloadSpec {
+        PayloadSpec {
+            name: "osquery".into(),
+            setup: None,
+            queries: STANDARD.iter().map(|s| standard_query(s, true)).collect(),
+            teardown: None,
+        }
+    }
+}
+
+impl Payload for OsqueryPayload {
+    fn name(&self) -> &str {
+        "osquery"
+    }
+
+    fn spec(&self, _ctx: &PayloadContext) -> Result<PayloadSpec> {
+        Ok(Self::pack())
+    }
+}
+
+/// The standard pack as POSIX shell (`/proc`, `ss`, `/etc/passwd`, crontabs,
+/// `sha256sum`), for hosts without osquery; parsed into rows on the collecting side.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ShellPayload;
+
+impl ShellPayload {
+    /// The pack's spec.
+    pub fn pack() -> PayloadSpec {
+        PayloadSpec {
+            name: "shell".into(),
+            setup: None,
+            queries: STANDARD.iter().map(|s| standard_query(s, false)).collect(),
+            teardown: None,
+        }
+    }
+}
+
+impl Payload for ShellPayload {
+    fn name(&self) -> &str {
+        "shell"
+    }
+
+    fn spec(&self, _ctx: &PayloadContext) -> Result<PayloadSpec> {
+        Ok(Self::pack())
+    }
+}
+
+/// A payload read from a TOML file of `[[query]]` tables (see [`PayloadSpec::from_toml`]).
+#[derive(Clone, Debug)]
+pub struct FilePayload {
+    spec: PayloadSpec,
+}
+
+impl FilePayload {
+    /// Reads and validates the file.
+    pub fn from_path(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io("file payload", "read", path, e))?;
+        let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("payload");
+        Ok(Self { spec: PayloadSpec::from_toml(&text, name)? })
+    }
+
+    /// Wraps a spec.
+    pub fn from_spec(spec: PayloadSpec) -> Result<Self> {
+        spec.validate()?;
+        Ok(Self { spec })
+    }
+}
+
+impl Payload for FilePayload {
+    fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    fn spec(&self, _ctx: &PayloadContext) -> Result<PayloadSpec> {
+        Ok(self.spec.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packs_are_valid_and_parallel() {
+        let o = OsqueryPayload::pack();
+        let s = ShellPayload::pack();
+        o.validate().unwrap();
+        s.validate().unwrap();
+        let names = |p: &PayloadSpec| p.queries.iter().map(|q| q.name.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&o), names(&s));
+        assert_eq!(o.queries.len(), 10);
+        assert!(standard_query_named("users").is_some());
+        assert!(standard_query_named("nope").is_none());
+    }
+}

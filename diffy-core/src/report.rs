@@ -1,0 +1,432 @@
+//! The report: per host a status, a score, an outlier flag and findings that
+//! say why; cohorts; coverage. This is Diffy's output contract: its JSON
+//! Schema ([`Report::json_schema`]) is snapshotted, and every type here rejects
+//! unknown fields so that consumers notice any change.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::names::{RunId, TargetKey};
+use crate::query::Row;
+use crate::result::{HostStatus, QueryStatus};
+use crate::run::{RunKind, RunManifest, RunState};
+
+/// The value of [`Report::schema`] for this version of the report.
+pub const REPORT_SCHEMA: &str = "diffy.report/v1";
+
+/// An analysis method.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Method {
+    /// Each host against the herd: rare rows, cohorts.
+    Cluster,
+    /// Each host against a baseline collected from clean hosts.
+    Baseline,
+    /// Rows this target key has not shown in earlier runs.
+    Novelty,
+}
+
+impl Method {
+    /// The snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Baseline => "baseline",
+            Method::Cluster => "cluster",
+            Method::Novelty => "novelty",
+        }
+    }
+}
+
+impl fmt::Display for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Method {
+    type Err = crate::Error;
+    fn from_str(s: &str) -> crate::Result<Self> {
+        match s {
+            "baseline" => Ok(Method::Baseline),
+            "cluster" => Ok(Method::Cluster),
+            "novelty" => Ok(Method::Novelty),
+            other => Err(crate::Error::invalid_with_help(
+                format!("unknown analysis method {other:?}"),
+                "use baseline, cluster or novelty (several separated by commas), or all",
+            )),
+        }
+    }
+}
+
+/// On how many hosts something was seen, of how many that could have shown it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Prevalence {
+    /// Hosts on which it was seen.
+    pub hosts: usize,
+    /// Hosts whose evidence for this query was usable.
+    pub of: usize,
+}
+
+impl fmt::Display for Prevalence {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} of {} hosts", self.hosts, self.of)
+    }
+}
+
+/// How a finding's row relates to what is expected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FindingKind {
+    /// Present here, on few other hosts (cluster).
+    Rare,
+    /// Present here, not in the baseline (baseline).
+    Added,
+    /// In the baseline, absent here (baseline).
+    Removed,
+    /// The same identity (a file's path, a user's name) with other attributes
+    /// than the baseline's or the herd's (baseline, cluster).
+    Changed,
+    /// Present on nearly every other host, absent here (cluster).
+    Missing,
+    /// Never seen on this target in the history window (novelty).
+    New,
+}
+
+impl FindingKind {
+    /// The snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FindingKind::Rare => "rare",
+            FindingKind::Added => "added",
+            FindingKind::Removed => "removed",
+            FindingKind::Changed => "changed",
+            FindingKind::Missing => "missing",
+            FindingKind::New => "new",
+        }
+    }
+}
+
+/// One reason a host stands out.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Finding {
+    /// The query whose row this is.
+    pub query: String,
+    /// How the row relates to what is expected.
+    pub kind: FindingKind,
+    /// The methods that raised it.
+    pub methods: Vec<Method>,
+    /// The row as this host reported it (for `removed` and `missing`: the
+    /// expected row this host lacks).
+    pub row: Row,
+    /// For `changed`: the row others (or the baseline) have for the same identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected: Option<Row>,
+    /// On how many hosts this row was seen.
+    pub prevalence: Prevalence,
+    /// This finding's part of the host's score.
+    pub score: f64,
+    /// What makes the row security-relevant ("executable in /tmp", "uid 0").
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub indicators: Vec<String>,
+    /// One sentence saying what was seen, where, and why it matters.
+    pub explanation: String,
+}
+
+/// A query that gave no usable rows on a host.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QueryFailure {
+    /// The query.
+    pub query: String,
+    /// How it failed.
+    pub status: QueryStatus,
+    /// Why.
+    pub message: String,
+}
+
+/// One targeted host in the report.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HostReport {
+    /// The host's id.
+    pub host: String,
+    /// Its labels.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// How collection ended.
+    pub status: HostStatus,
+    /// Why, when the status is not `ok`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Position by score among analysed hosts, 1 = most anomalous.
+    pub rank: Option<usize>,
+    /// The host's anomaly score (sum of its findings' scores, see the analysis's
+    /// documentation).
+    pub score: f64,
+    /// Whether the score reaches the report's threshold.
+    pub outlier: bool,
+    /// Cohorts the host belongs to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cohorts: Vec<String>,
+    /// Why the host stands out, highest score first.
+    pub findings: Vec<Finding>,
+    /// Queries that gave no usable rows on this host.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed_queries: Vec<QueryFailure>,
+    /// Findings matched by a suppression rule (counted, not scored).
+    #[serde(default)]
+    pub suppressed: usize,
+}
+
+/// Whether a cohort's distinguishing row is present on its hosts or absent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Presence {
+    /// The cohort's hosts have this row; the others do not.
+    Present,
+    /// The others have this row; the cohort's hosts do not.
+    Absent,
+}
+
+/// A row that sets a cohort apart.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CohortRow {
+    /// The query.
+    pub query: String,
+    /// Present on the cohort, or absent from it.
+    pub presence: Presence,
+    /// The row (normalised: volatile columns left out).
+    pub row: Row,
+    /// On how many hosts the row was seen.
+    pub prevalence: Prevalence,
+}
+
+/// A sizeable group of hosts that differ from the rest in the same way (a
+/// canary, a blue/green half): reported once, not as outliers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Cohort {
+    /// The cohort's id within this report (`cohort-1`, ...).
+    pub id: String,
+    /// Its hosts.
+    pub hosts: Vec<String>,
+    /// How many hosts it has, of how many analysed.
+    pub prevalence: Prevalence,
+    /// Labels every host of the cohort shares and some others lack.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// The rows that set it apart.
+    pub rows: Vec<CohortRow>,
+    /// One sentence saying what the cohort is.
+    pub explanation: String,
+}
+
+/// A difference shared by most of the fleet (drift since the baseline, a row
+/// new to the whole group): reported once, not per host.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FleetFinding {
+    /// The query.
+    pub query: String,
+    /// Added, removed, changed or new.
+    pub kind: FindingKind,
+    /// The method that raised it.
+    pub method: Method,
+    /// The row.
+    pub row: Row,
+    /// On how many hosts.
+    pub prevalence: Prevalence,
+    /// One sentence.
+    pub explanation: String,
+}
+
+/// A host that gave no usable evidence.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HostFailure {
+    /// The host.
+    pub host: String,
+    /// Its status.
+    pub status: HostStatus,
+    /// Why.
+    pub message: Option<String>,
+}
+
+/// A host of the target that was not queried.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NotTargetedHost {
+    /// The host.
+    pub host: String,
+    /// Why it was left out.
+    pub reason: String,
+}
+
+/// Who was looked at, and who could not be.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Coverage {
+    /// Hosts the run set out to query.
+    pub targeted: usize,
+    /// Hosts with usable evidence, which the analysis covers.
+    pub collected: usize,
+    /// Hosts that failed (see `failed_hosts`).
+    pub failed: usize,
+    /// Hosts that never reported because the run was interrupted.
+    pub missing: usize,
+    /// Hosts of the target left out before collection (see `not_targeted_hosts`).
+    pub not_targeted: usize,
+    /// Host-query pairs without usable rows (on collected hosts).
+    pub failed_queries: usize,
+    /// The failed hosts.
+    pub failed_hosts: Vec<HostFailure>,
+    /// The hosts left out.
+    pub not_targeted_hosts: Vec<NotTargetedHost>,
+}
+
+impl Coverage {
+    /// Whether every targeted host was analysed and none was left out.
+    pub fn is_full(&self) -> bool {
+        self.failed == 0 && self.missing == 0 && self.not_targeted == 0
+    }
+}
+
+/// Where the baseline came from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BaselineProvenance {
+    /// The baseline run, when it came from the store.
+    pub run: Option<RunId>,
+    /// Where it came from otherwise (a `baseline.json` file).
+    pub source: Option<String>,
+    /// The clean hosts it was taken from.
+    pub hosts: Vec<String>,
+    /// When it was collected.
+    pub collected_at: Option<DateTime<Utc>>,
+    /// The payload hash it was collected with.
+    pub payload_hash: Option<String>,
+    /// A row is part of the baseline when at least this many of its hosts have it.
+    pub min_hosts: usize,
+}
+
+/// The earlier runs novelty compared against.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryWindow {
+    /// Days looked back.
+    pub days: u32,
+    /// Runs found in that window.
+    pub runs: usize,
+    /// The oldest run's start.
+    pub since: Option<DateTime<Utc>>,
+}
+
+/// Findings matched by one suppression rule.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SuppressedCount {
+    /// The rule's reason.
+    pub reason: String,
+    /// The rule's query.
+    pub query: String,
+    /// Findings it matched.
+    pub findings: usize,
+    /// Hosts those findings were on.
+    pub hosts: usize,
+}
+
+/// The run a report is about.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RunSummary {
+    /// Run id.
+    pub id: RunId,
+    /// Target key.
+    pub target: TargetKey,
+    /// Baseline or survey.
+    pub kind: RunKind,
+    /// Incident id.
+    pub incident_id: Option<String>,
+    /// Operator.
+    pub operator: Option<String>,
+    /// Payload hash.
+    pub payload_hash: String,
+    /// Start.
+    pub started_at: DateTime<Utc>,
+    /// End.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Whether every host reported.
+    pub state: RunState,
+}
+
+impl From<&RunManifest> for RunSummary {
+    fn from(m: &RunManifest) -> Self {
+        RunSummary {
+            id: m.id.clone(),
+            target: m.target.clone(),
+            kind: m.kind,
+            incident_id: m.incident_id.clone(),
+            operator: m.operator.clone(),
+            payload_hash: m.payload_hash.clone(),
+            started_at: m.started_at,
+            finished_at: m.finished_at,
+            state: m.state,
+        }
+    }
+}
+
+/// The analysis of one run (or of imported evidence).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Report {
+    /// Always [`REPORT_SCHEMA`] for this version.
+    pub schema: String,
+    /// The tool and version that made it (`diffy 0.1.0`).
+    pub tool: String,
+    /// When it was made.
+    pub generated_at: DateTime<Utc>,
+    /// The run analysed, when it came from the store.
+    pub run: Option<RunSummary>,
+    /// The folder analysed, for `--import`.
+    pub imported_from: Option<String>,
+    /// The methods applied.
+    pub methods: Vec<Method>,
+    /// The score at which a host is an outlier.
+    pub threshold: f64,
+    /// Who was looked at.
+    pub coverage: Coverage,
+    /// Every targeted host, highest score first, then hosts without evidence.
+    pub hosts: Vec<HostReport>,
+    /// Groups of hosts that differ together.
+    pub cohorts: Vec<Cohort>,
+    /// Differences shared by most of the fleet.
+    pub drift: Vec<FleetFinding>,
+    /// The baseline used, if any.
+    pub baseline: Option<BaselineProvenance>,
+    /// The history used, if any.
+    pub history: Option<HistoryWindow>,
+    /// Suppressed findings, per rule.
+    pub suppressed: Vec<SuppressedCount>,
+    /// Things the reader must know to trust the result (a small herd, missing
+    /// hosts, an expired suppression).
+    pub warnings: Vec<String>,
+}
+
+impl Report {
+    /// The hosts marked outlier, in rank order.
+    pub fn outliers(&self) -> impl Iterator<Item = &HostReport> {
+        self.hosts.iter().filter(|h| h.outlier)
+    }
+
+    /// The JSON Schema of the report.
+    pub fn json_schema() -> schemars::Schema {
+        schemars::schema_for!(Report)
+    }
+}

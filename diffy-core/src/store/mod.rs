@@ -1,0 +1,5 @@
+//! Built-in stores.
+
+mod fs;
+
+pub use fs::FsStore;

@@ -1,0 +1,6 @@
+//! Built-in transports.
+
+mod local;
+pub mod output;
+
+pub use local::LocalTransport;

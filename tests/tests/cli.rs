@@ -1,0 +1,183 @@
+//! The command line as users meet it: help, errors, exit codes, formats,
+//! configuration precedence, and the JSON contract.
+
+mod common;
+
+use common::{Diffy, filters};
+
+#[test]
+fn help_is_stable() {
+    let d = Diffy::new();
+    let top = d.run(&["--help"]);
+    assert_eq!(top.code, 0);
+    insta::assert_snapshot!("help", top.stdout);
+    for cmd in ["analyze", "baseline", "collect", "runs"] {
+        let r = d.run(&[cmd, "--help"]);
+        assert_eq!(r.code, 0);
+        insta::assert_snapshot!(format!("help_{cmd}"), r.stdout);
+    }
+}
+
+#[test]
+fn plugins_lists_what_this_build_has() {
+    let d = Diffy::new();
+    let r = d.run(&["plugins"]);
+    assert_eq!(r.code, 0);
+    insta::assert_snapshot!("plugins", r.stdout);
+    let json = d.run(&["plugins", "--format", "json"]).json();
+    assert!(json.as_array().unwrap().iter().all(|p| p["compiled"] == true));
+}
+
+#[test]
+fn report_schema_is_snapshotted() {
+    let d = Diffy::new();
+    let r = d.run(&["schema"]);
+    assert_eq!(r.code, 0);
+    insta::assert_snapshot!("report_schema", r.stdout);
+    let e = d.run(&["schema", "events"]);
+    insta::assert_snapshot!("events_schema", e.stdout);
+}
+
+#[test]
+fn unusable_arguments_exit_2_and_say_what_to_do() {
+    let d = Diffy::new();
+    let cases: &[(&[&str], &str, &str)] = &[
+        (&["analyze"], "required", ""),
+        (
+            &["analyze", "web", "--transport", "carrier-pigeon"],
+            "unknown transport \"carrier-pigeon\"",
+            "this build knows: local",
+        ),
+        (&["analyze", "web", "--payload", "nope.toml"], "unknown payload \"nope.toml\"", "--payload shell"),
+        (&["collect", "../etc"], "invalid target key \"../etc\"", "without '/'"),
+        (&["collect", "web", "--deadline", "soon"], "is not a duration", "90s"),
+        (&["collect", "web", "--max-output", "lots"], "is not a size", "256M"),
+        (&["collect", "web", "--incident-id", ""], "incident id \"\" is unusable", "IR-1234"),
+        (&["analyze", "web", "--method", "magic"], "unknown analysis method \"magic\"", "baseline, cluster or novelty"),
+        (&["analyze", "--import", "no-such-dir"], "no-such-dir is not a directory", "hosts/<host>.json"),
+        (&["analyze", "--from", "20990101T000000Z-abcdef"], "run \"20990101T000000Z-abcdef\" not found", "diffy runs"),
+        (&["analyze", "web", "--transport", "local", "--host", "a/b"], "invalid host id", ""),
+        (&["collect", "web", "--store", "s3://bucket/prefix"], "no store for s3:// locations", "local directory"),
+        (&["analyze", "web", "--threshold=0"], "threshold 0 is unusable", "above 0"),
+    ];
+    for (args, msg, help) in cases {
+        let r = d.run(args);
+        assert_eq!(r.code, 2, "{args:?} should exit 2:\n{}", r.stderr);
+        assert!(r.stderr.contains(msg), "{args:?}: expected {msg:?} in:\n{}", r.stderr);
+        assert!(r.stderr.contains(help), "{args:?}: expected help {help:?} in:\n{}", r.stderr);
+    }
+}
+
+#[test]
+fn a_foreign_directory_is_not_used_as_a_store() {
+    let d = Diffy::new();
+    d.write("mine/notes.txt", "keep me");
+    let r = d.run(&["collect", "web", "--store", "mine"]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("is not empty and is not a Diffy store"), "{}", r.stderr);
+    assert_eq!(std::fs::read_to_string(d.path("mine/notes.txt")).unwrap(), "keep me");
+}
+
+#[test]
+fn flags_beat_environment_beats_config_file() {
+    let d = Diffy::new();
+    d.write("diffy.toml", "[defaults]\nformat = \"json\"\nstore = \"from-config\"\n");
+    let r = d.run(&["runs"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.stdout.trim(), "[]", "format and store from diffy.toml");
+    assert!(d.path("from-config/DIFFY-STORE").exists());
+    let d = d.env("DIFFY_FORMAT", "human");
+    let r = d.run(&["runs"]);
+    assert!(r.stdout.starts_with("No runs stored yet"), "environment beats the file: {}", r.stdout);
+    let r = d.run(&["runs", "--format", "jsonl"]);
+    assert_eq!(r.stdout, "", "a flag beats the environment (no runs: no lines)");
+    d.write("bad.toml", "[defaults]\nfromat = \"json\"\n");
+    let r = d.run(&["runs", "--config", "bad.toml"]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("unknown field `fromat`"), "{}", r.stderr);
+    let r = d.run(&["runs", "--config", "missing.toml"]);
+    assert!(r.stderr.contains("configuration file missing.toml does not exist"), "{}", r.stderr);
+}
+
+#[test]
+fn named_payloads_and_query_rules_from_the_config_file() {
+    let d = Diffy::new();
+    d.write(
+        "diffy.toml",
+        r#"
+[defaults]
+payload = "tiny"
+method = "cluster"
+
+[payloads.tiny]
+query = [{ name = "hello", shell = "echo hello from $DIFFY_HOST", format = "lines" }]
+
+[queries.hello]
+identity = ["line"]
+weight = 2.0
+"#,
+    );
+    let r = d.run(&["analyze", "lab", "--host", "a", "--host", "b", "--format", "json"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let report = r.report();
+    assert_eq!(report.coverage.collected, 2);
+    let run = common::only_run(&d.path("diffy-store"));
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.path(&format!("diffy-store/runs/{run}/run.json"))).unwrap())
+            .unwrap();
+    assert_eq!(manifest["payload"]["name"], "tiny");
+    assert_eq!(
+        std::fs::read_to_string(d.path(&format!("diffy-store/runs/{run}/hosts/a/hello.stdout"))).unwrap(),
+        "hello from a\n"
+    );
+}
+
+#[test]
+fn jsonl_is_an_event_stream_ending_with_the_report() {
+    let d = Diffy::new();
+    let r = d.run(&["analyze", "lab", "--host", "h1", "--host", "h2", "--host", "h3", "--format", "jsonl"]);
+    assert!(r.code == 0 || r.code == 1, "{}", r.stderr);
+    let lines: Vec<serde_json::Value> = r.stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    for (raw, l) in r.stdout.lines().zip(&lines) {
+        assert!(raw.starts_with("{\"type\":\""), "every line starts with its type: {raw}");
+        assert_eq!(l.as_object().unwrap().len(), 2, "every line is {{type, data}}: {l}");
+    }
+    let types: Vec<&str> = lines.iter().map(|l| l["type"].as_str().unwrap()).collect();
+    assert_eq!(types.first(), Some(&"run_started"));
+    assert_eq!(types.iter().filter(|t| **t == "host_finished").count(), 3);
+    assert!(types.contains(&"run_finished") && types.contains(&"summary"));
+    assert_eq!(types.last(), Some(&"report"));
+    let report: diffy_core::Report = serde_json::from_value(lines.last().unwrap()["data"].clone()).unwrap();
+    assert_eq!(report.hosts.len(), 3);
+}
+
+#[test]
+fn runs_lists_baselines_and_surveys() {
+    let d = Diffy::new();
+    assert_eq!(d.run(&["baseline", "lab", "--host", "h1", "--incident-id", "IR-7"]).code, 0);
+    let again = d.run(&["baseline", "lab", "--host", "h1"]);
+    assert_eq!(again.code, 2);
+    assert!(again.stderr.contains("already has baseline run"), "{}", again.stderr);
+    assert!(again.stderr.contains("--replace"), "{}", again.stderr);
+    assert_eq!(d.run(&["collect", "lab", "--host", "h1"]).code, 0);
+    let r = d.run(&["runs"]);
+    let mut settings = insta::Settings::clone_current();
+    for (re, with) in filters() {
+        settings.add_filter(re, with);
+    }
+    settings.bind(|| insta::assert_snapshot!("runs", r.stdout));
+    let json = d.run(&["runs", "lab", "--format", "json"]).json();
+    let list = json.as_array().unwrap();
+    assert_eq!(list.len(), 2);
+    assert_eq!(list[0]["baseline"], true);
+    assert_eq!(list[0]["incident_id"], "IR-7");
+    assert_eq!(list[1]["kind"], "survey");
+    let replaced = d.run(&["baseline", "lab", "--host", "h1", "--replace"]);
+    assert_eq!(replaced.code, 0, "{}", replaced.stderr);
+    assert!(replaced.stdout.contains("replacing"), "{}", replaced.stdout);
+    assert_eq!(
+        d.run(&["runs", "--format", "json"]).json().as_array().unwrap().len(),
+        3,
+        "the old baseline run is kept"
+    );
+}

@@ -1,0 +1,110 @@
+//! A small harness: run the real `diffy` binary in a scratch directory with a
+//! clean environment, and read what it printed.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// A scratch directory with its own store, and no user configuration.
+pub struct Diffy {
+    pub dir: tempfile::TempDir,
+    env: Vec<(String, String)>,
+}
+
+/// What a run printed.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}\nstderr:\n{}", self.stdout, self.stderr))
+    }
+
+    pub fn report(&self) -> diffy_core::Report {
+        // Report and every type in it reject unknown fields.
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not a report ({e}):\n{}\nstderr:\n{}", self.stdout, self.stderr))
+    }
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_diffy-under-test")
+}
+
+impl Diffy {
+    pub fn new() -> Self {
+        Self { dir: tempfile::tempdir().unwrap(), env: Vec::new() }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn write(&self, rel: &str, text: &str) -> PathBuf {
+        let p = self.path(rel);
+        if let Some(d) = p.parent() {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.into(), v.into()));
+        self
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(bin());
+        c.args(args).current_dir(self.dir.path());
+        for (k, _) in std::env::vars() {
+            if k.starts_with("DIFFY_") || k == "RUST_LOG" {
+                c.env_remove(k);
+            }
+        }
+        c.env("HOME", self.dir.path()).env("XDG_CONFIG_HOME", self.dir.path().join(".config")).env("USER", "tester");
+        for (k, v) in &self.env {
+            c.env(k, v);
+        }
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        let out: Output = self.command(args).output().unwrap();
+        let run = Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        };
+        assert!(!run.stderr.contains("panicked"), "diffy panicked:\n{}", run.stderr);
+        run
+    }
+}
+
+/// The single run id in a store.
+pub fn only_run(store: &Path) -> String {
+    let mut runs: Vec<String> = std::fs::read_dir(store.join("runs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    runs.pop().unwrap()
+}
+
+/// insta filters for values that change every run.
+pub fn filters() -> Vec<(&'static str, &'static str)> {
+    vec![
+        (r"\d{8}T\d{6}Z-[0-9a-f]{6}", "[RUN]"),
+        (r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z", "[TIME]"),
+        (r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}", "[TIME]"),
+        (r"/tmp/\.tmp[A-Za-z0-9]+", "[TMP]"),
+        (r#""duration_ms": \d+"#, r#""duration_ms": [MS]"#),
+    ]
+}
