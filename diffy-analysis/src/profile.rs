@@ -268,12 +268,7 @@ impl Profile {
                 _ => {}
             }
         }
-        // Self-references live in text columns; numbers and paths rarely hold them.
-        let replaced = if role.folded || self.kind == QueryKind::Other || self.kind == QueryKind::Users {
-            host.replace(value)
-        } else {
-            None
-        };
+        let replaced = host.replace(value);
         let value = replaced.as_deref().unwrap_or(value);
         if role.folded {
             fold_numbers(value, out);
@@ -338,6 +333,8 @@ pub fn fold_numbers(value: &str, out: &mut String) {
 #[derive(Clone, Debug, Default)]
 pub struct HostNames<'a> {
     names: Vec<(&'a str, memchr::memmem::Finder<'a>)>,
+    /// The shortest name's length: shorter values cannot contain any.
+    shortest: usize,
 }
 
 impl<'a> HostNames<'a> {
@@ -351,10 +348,14 @@ impl<'a> HostNames<'a> {
             }
         }
         names.sort_by_key(|n| std::cmp::Reverse(n.len()));
-        Self { names: names.into_iter().map(|n| (n, memchr::memmem::Finder::new(n.as_bytes()))).collect() }
+        let shortest = names.last().map_or(usize::MAX, |n| n.len());
+        Self { names: names.into_iter().map(|n| (n, memchr::memmem::Finder::new(n.as_bytes()))).collect(), shortest }
     }
 
     fn replace(&self, value: &str) -> Option<String> {
+        if value.len() < self.shortest {
+            return None;
+        }
         let mut out: Option<String> = None;
         for (n, finder) in &self.names {
             let cur = out.as_deref().unwrap_or(value);
@@ -410,6 +411,9 @@ mod tests {
         let mut o = String::new();
         p.normalise_into("cmdline", "agent --node web-17.example.com --id i-0abc1234", &h, &mut o);
         assert_eq!(o, "agent --node <host> --id <host>");
+        let mut o = String::new();
+        p.normalise_into("path", "/var/log/web-17/agent", &h, &mut o);
+        assert_eq!(o, "/var/log/<host>/agent", "wherever the name appears, paths too");
     }
 
     #[test]

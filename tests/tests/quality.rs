@@ -192,7 +192,8 @@ fn broken_host_files_are_failed_hosts_not_failed_runs() {
 #[test]
 fn the_demo_fleet_of_the_readme_shows_its_planted_compromises() {
     let demo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../demo/fleet");
-    let truth: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(demo.join("truth.json")).unwrap()).unwrap();
+    let truth: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(demo.join("truth.json")).unwrap()).unwrap();
     let d = Diffy::new();
     let r = d.run(&["analyze", "--import", demo.to_str().unwrap(), "--format", "json"]);
     assert_eq!(r.code, 1, "{}", r.stderr);
