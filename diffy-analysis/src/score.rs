@@ -765,6 +765,24 @@ pub(crate) fn analyze(builder: Builder, ctx: Context, settings: &Settings, suppr
             coverage.missing
         ));
     }
+    let changed_keys: Vec<&str> = coverage
+        .failed_hosts
+        .iter()
+        .filter(|h| h.status == HostStatus::HostKeyMismatch)
+        .map(|h| h.host.as_str())
+        .collect();
+    if !changed_keys.is_empty() {
+        warnings.insert(
+            0,
+            format!(
+                "{} host{} presented a CHANGED host key ({}): this may be an attacker in the middle; verify the key out of band before trusting anything from {}",
+                changed_keys.len(),
+                if changed_keys.len() == 1 { "" } else { "s" },
+                changed_keys.join(", "),
+                if changed_keys.len() == 1 { "it" } else { "them" }
+            ),
+        );
+    }
     if coverage.not_targeted > 0 {
         warnings.push(format!(
             "{} hosts of the target were left out before collection (see coverage)",

@@ -69,7 +69,7 @@ pub enum Command {
 #[derive(Debug, Args, Clone, Default)]
 #[command(next_help_heading = "Target")]
 pub struct TargetArgs {
-    /// Target plugin [default: static].
+    /// Target plugin: static, or ssh-config [default: static].
     #[arg(long, env = "DIFFY_TARGET", value_name = "NAME")]
     pub target: Option<String>,
 
@@ -86,11 +86,11 @@ pub struct TargetArgs {
 #[derive(Debug, Args, Clone, Default)]
 #[command(next_help_heading = "Transport")]
 pub struct TransportArgs {
-    /// Transport plugin [default: local].
+    /// Transport plugin: local or ssh [default: local].
     #[arg(long, env = "DIFFY_TRANSPORT", value_name = "NAME")]
     pub transport: Option<String>,
 
-    /// Hosts queried at once [default: 64].
+    /// Hosts queried at once [default: 8 for local, 100 for ssh].
     #[arg(long, env = "DIFFY_CONCURRENCY", value_name = "N")]
     pub concurrency: Option<usize>,
 
@@ -101,6 +101,47 @@ pub struct TransportArgs {
     /// Output kept per host before it is stopped and marked truncated, e.g. 512M [default: 256M].
     #[arg(long, env = "DIFFY_MAX_OUTPUT", value_name = "BYTES")]
     pub max_output: Option<String>,
+
+    #[command(flatten)]
+    pub ssh: SshArgs,
+}
+
+/// How the ssh transport connects. Anything not given comes from the SSH
+/// client's own configuration.
+#[derive(Debug, Args, Clone, Default)]
+#[command(next_help_heading = "SSH (--transport ssh)")]
+pub struct SshArgs {
+    /// An ssh_config file to use instead of ~/.ssh/config; with --target ssh-config, its Host entries are the hosts.
+    #[arg(long, env = "DIFFY_SSH_CONFIG", value_name = "FILE")]
+    pub ssh_config: Option<PathBuf>,
+
+    /// Remote user.
+    #[arg(long, env = "DIFFY_SSH_USER", value_name = "USER")]
+    pub ssh_user: Option<String>,
+
+    /// Remote port.
+    #[arg(long, env = "DIFFY_SSH_PORT", value_name = "PORT")]
+    pub ssh_port: Option<u16>,
+
+    /// Identity file (used alone).
+    #[arg(long, env = "DIFFY_SSH_IDENTITY", value_name = "FILE")]
+    pub ssh_identity: Option<PathBuf>,
+
+    /// Jump host, in order (repeatable).
+    #[arg(long = "ssh-jump", value_name = "HOST")]
+    pub ssh_jump: Vec<String>,
+
+    /// A known_hosts file to use instead of the user's.
+    #[arg(long, env = "DIFFY_KNOWN_HOSTS", value_name = "FILE")]
+    pub known_hosts: Option<PathBuf>,
+
+    /// Accept the keys of hosts never seen before (changed keys are still refused).
+    #[arg(long)]
+    pub accept_new_host_keys: bool,
+
+    /// Run the payload with `sudo -n` (a password prompt is reported, never answered).
+    #[arg(long)]
+    pub sudo: bool,
 }
 
 /// What to ask.

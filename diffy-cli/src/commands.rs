@@ -72,9 +72,9 @@ fn parse_duration(s: &str) -> CliResult<Duration> {
     Ok(d)
 }
 
-fn collect_options(c: &Common, t: &TransportArgs) -> CliResult<CollectOptions> {
+fn collect_options(c: &Common, t: &TransportArgs, transport_default: usize) -> CliResult<CollectOptions> {
     let d = &c.config.defaults;
-    let mut o = CollectOptions::default();
+    let mut o = CollectOptions::default().concurrency(transport_default);
     if let Some(n) = t.concurrency.or(d.concurrency) {
         if n == 0 {
             return Err(CliError::new("--concurrency must be at least 1", "use e.g. --concurrency 64"));
@@ -108,6 +108,20 @@ pub(crate) fn run_options(c: &Common, r: &RunArgs) -> RunOptions {
     o
 }
 
+fn ssh_settings(c: &Common, a: &crate::cli::SshArgs) -> registry::SshSettings {
+    let d = &c.config.ssh;
+    registry::SshSettings {
+        config: a.ssh_config.clone().or_else(|| d.config.as_ref().map(|p| c.config.path(p))),
+        user: a.ssh_user.clone().or_else(|| d.user.clone()),
+        port: a.ssh_port.or(d.port),
+        identity: a.ssh_identity.clone().or_else(|| d.identity.as_ref().map(|p| c.config.path(p))),
+        jump: if a.ssh_jump.is_empty() { d.jump.clone() } else { a.ssh_jump.clone() },
+        known_hosts: a.known_hosts.clone().or_else(|| d.known_hosts.as_ref().map(|p| c.config.path(p))),
+        accept_new_host_keys: a.accept_new_host_keys || d.accept_new_host_keys,
+        sudo: a.sudo || d.sudo,
+    }
+}
+
 /// An engine for collecting: target, transport, payload and store.
 pub(crate) fn collecting_engine(
     c: &Common,
@@ -121,16 +135,18 @@ pub(crate) fn collecting_engine(
     let payload_name = p.payload.clone().or_else(|| d.payload.clone()).unwrap_or_else(|| "shell".into());
     let hosts = t.hosts.iter().map(|h| registry::parse_host(h)).collect::<CliResult<Vec<_>>>()?;
     let hosts_file: Option<PathBuf> = t.hosts_file.clone().or_else(|| d.hosts.as_ref().map(|h| c.config.path(h)));
-    let collection = registry::transport(&transport_name)?;
-    let target = registry::target(&target_name, hosts, hosts_file.as_deref(), &transport_name)?;
+    let ssh = ssh_settings(c, &tr.ssh);
+    let collection = registry::transport(&transport_name, &ssh)?;
+    let target = registry::target(&target_name, hosts, hosts_file.as_deref(), &transport_name, &ssh)?;
     let payload = registry::payload(&payload_name, &c.config)?;
     let store = registry::store(&c.store)?;
+    let options = collect_options(c, tr, collection.default_concurrency())?;
     Ok(Engine::builder()
         .target_arc(target)
         .collection_arc(collection)
         .payload_arc(payload)
         .store_arc(store)
-        .collect_options(collect_options(c, tr)?))
+        .collect_options(options))
 }
 
 /// Starts watching Ctrl-C: the first cancels the run (what arrived is kept),
@@ -185,6 +201,9 @@ async fn collect(c: &Common, a: &CollectArgs) -> CliResult<u8> {
         Format::Human => output::run_summary(&mut std::io::stdout().lock(), &manifest, &evidence(c, &manifest.id))?,
         Format::Json => print_json(&manifest)?,
         Format::Jsonl => sink.line("run", &manifest)?,
+    }
+    if manifest.state == RunState::Interrupted {
+        return Ok(EXIT_INTERRUPTED);
     }
     if manifest.counts.collected == 0 {
         return Err(CliError::new(

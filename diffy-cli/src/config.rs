@@ -23,6 +23,15 @@
 //! [payloads.tiny]                # or a payload written inline
 //! query = [{ name = "listeners", shell = "ss -H -tln", format = "lines" }]
 //!
+//! [ssh]                          # the ssh transport
+//! config = "fleet_ssh_config"
+//! user = "ec2-user"
+//! identity = "/home/alice/.ssh/ir_ed25519"
+//! jump = ["bastion.example.com"]
+//! known_hosts = "known_hosts"
+//! accept_new_host_keys = false
+//! sudo = true
+//!
 //! [queries.listeners]            # how a query's rows are compared
 //! identity = ["line"]
 //! volatile = []
@@ -61,6 +70,23 @@ pub struct Defaults {
     pub history_days: Option<u32>,
 }
 
+/// Settings of the ssh transport.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SshDefaults {
+    pub config: Option<PathBuf>,
+    pub user: Option<String>,
+    pub port: Option<u16>,
+    pub identity: Option<PathBuf>,
+    #[serde(default)]
+    pub jump: Vec<String>,
+    pub known_hosts: Option<PathBuf>,
+    #[serde(default)]
+    pub accept_new_host_keys: bool,
+    #[serde(default)]
+    pub sudo: bool,
+}
+
 /// A payload named in the configuration: a file, or written inline.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
@@ -90,6 +116,8 @@ pub struct Config {
     pub payloads: BTreeMap<String, PayloadEntry>,
     #[serde(default)]
     pub queries: BTreeMap<String, QueryRulesEntry>,
+    #[serde(default)]
+    pub ssh: SshDefaults,
     /// The directory relative paths start from.
     #[serde(skip)]
     pub base: PathBuf,

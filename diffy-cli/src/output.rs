@@ -395,10 +395,11 @@ pub fn runs(out: &mut dyn Write, runs: &[RunListing<'_>]) -> io::Result<()> {
 
 /// Renders the plugin table.
 pub fn plugins(out: &mut dyn Write, plugins: &[PluginInfo]) -> io::Result<()> {
-    writeln!(out, "{:<10} {:<9} {:<32} ABOUT", "KIND", "NAME", "IN THIS BUILD")?;
+    let w = plugins.iter().map(|p| p.name.len()).max().unwrap_or(0).max(4);
+    writeln!(out, "{:<10} {:<w$} {:<32} ABOUT", "KIND", "NAME", "IN THIS BUILD")?;
     for p in plugins {
         let status = if p.compiled { "yes".to_string() } else { format!("no (feature {})", p.feature) };
-        writeln!(out, "{:<10} {:<9} {:<32} {}", p.kind, p.name, status, p.about)?;
+        writeln!(out, "{:<10} {:<w$} {:<32} {}", p.kind, p.name, status, p.about)?;
     }
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! The plugins this build contains, chosen by cargo features. No hidden
 //! registration: this table is the whole list, so a build is easy to audit.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use diffy_core::{Collection, Host, HostId, Payload, Persistence, Target};
@@ -37,11 +37,25 @@ pub const PLUGINS: &[PluginInfo] = &[
         about: "hosts from --host and --hosts FILE",
     },
     PluginInfo {
+        kind: "target",
+        name: "ssh-config",
+        feature: "transport-ssh",
+        compiled: cfg!(feature = "transport-ssh"),
+        about: "hosts from the Host entries of --ssh-config FILE",
+    },
+    PluginInfo {
         kind: "transport",
         name: "local",
         feature: "transport-local",
         compiled: cfg!(feature = "transport-local"),
         about: "runs the payload on this machine, once per host, with DIFFY_HOST set",
+    },
+    PluginInfo {
+        kind: "transport",
+        name: "ssh",
+        feature: "transport-ssh",
+        compiled: cfg!(feature = "transport-ssh"),
+        about: "the system OpenSSH client: ssh_config, agents, ProxyJump; strict host keys; optional sudo -n",
     },
     PluginInfo {
         kind: "payload",
@@ -102,6 +116,27 @@ fn not_built(kind: &str, name: &str) -> CliError {
     CliError::plain(format!("the {kind} plugin {name:?} is not compiled into this build of diffy"))
 }
 
+/// How the ssh transport connects, from flags, environment and diffy.toml.
+#[derive(Clone, Debug, Default)]
+pub struct SshSettings {
+    /// ssh_config file.
+    pub config: Option<PathBuf>,
+    /// Remote user.
+    pub user: Option<String>,
+    /// Remote port.
+    pub port: Option<u16>,
+    /// Identity file.
+    pub identity: Option<PathBuf>,
+    /// Jump hosts.
+    pub jump: Vec<String>,
+    /// known_hosts file.
+    pub known_hosts: Option<PathBuf>,
+    /// Accept new host keys.
+    pub accept_new_host_keys: bool,
+    /// Run under sudo -n.
+    pub sudo: bool,
+}
+
 /// Parses `ID[=ADDRESS]`.
 pub fn parse_host(s: &str) -> CliResult<Host> {
     let (id, address) = match s.split_once('=') {
@@ -123,7 +158,13 @@ pub fn local_hostname() -> String {
 }
 
 /// Builds the target.
-pub fn target(name: &str, hosts: Vec<Host>, hosts_file: Option<&Path>, transport: &str) -> CliResult<Arc<dyn Target>> {
+pub fn target(
+    name: &str,
+    hosts: Vec<Host>,
+    hosts_file: Option<&Path>,
+    transport: &str,
+    ssh: &SshSettings,
+) -> CliResult<Arc<dyn Target>> {
     lookup(PLUGINS, "target", name)?;
     #[cfg(feature = "target-static")]
     if name == "static" {
@@ -135,24 +176,70 @@ pub fn target(name: &str, hosts: Vec<Host>, hosts_file: Option<&Path>, transport
             if transport != "local" {
                 return Err(CliError::new(
                     "no hosts to query",
-                    "name them with --host ID[=ADDRESS] (repeatable) or --hosts FILE",
+                    "name them with --host ID[=ADDRESS] (repeatable) or --hosts FILE, or use --target ssh-config --ssh-config FILE",
                 ));
             }
             all.push(Host::new(HostId::new(local_hostname()).map_err(CliError::from)?));
         }
         return Ok(Arc::new(diffy_core::StaticTarget::new(all)?));
     }
-    let _ = (hosts, hosts_file, transport);
+    #[cfg(feature = "transport-ssh")]
+    if name == "ssh-config" {
+        let Some(config) = &ssh.config else {
+            return Err(CliError::new(
+                "--target ssh-config needs an ssh_config file",
+                "name it with --ssh-config FILE",
+            ));
+        };
+        let t = diffy_transport_ssh::SshConfigTarget::from_file(config)?;
+        if t.hosts().is_empty() {
+            return Err(CliError::new(
+                format!("{} has no Host entry without wildcards", config.display()),
+                "add a `Host NAME` entry per host, or list hosts with --hosts FILE",
+            ));
+        }
+        return Ok(Arc::new(t));
+    }
+    let _ = (hosts, hosts_file, transport, ssh);
     Err(not_built("target", name))
 }
 
 /// Builds the transport.
-pub fn transport(name: &str) -> CliResult<Arc<dyn Collection>> {
+pub fn transport(name: &str, ssh: &SshSettings) -> CliResult<Arc<dyn Collection>> {
     lookup(PLUGINS, "transport", name)?;
     #[cfg(feature = "transport-local")]
     if name == "local" {
         return Ok(Arc::new(diffy_core::PerHost::new(diffy_core::LocalTransport::new())));
     }
+    #[cfg(feature = "transport-ssh")]
+    if name == "ssh" {
+        use diffy_transport_ssh::{HostKeyPolicy, SshOptions, SshTransport};
+        let mut o = SshOptions::default().sudo(ssh.sudo).host_keys(if ssh.accept_new_host_keys {
+            HostKeyPolicy::AcceptNew
+        } else {
+            HostKeyPolicy::Strict
+        });
+        if let Some(c) = &ssh.config {
+            o = o.config_file(c);
+        }
+        if let Some(u) = &ssh.user {
+            o = o.user(u);
+        }
+        if let Some(p) = ssh.port {
+            o = o.port(p);
+        }
+        if let Some(i) = &ssh.identity {
+            o = o.identity_file(i);
+        }
+        for j in &ssh.jump {
+            o = o.jump_host(j);
+        }
+        if let Some(k) = &ssh.known_hosts {
+            o = o.known_hosts_file(k);
+        }
+        return Ok(Arc::new(diffy_core::PerHost::new(SshTransport::new(o)?)));
+    }
+    let _ = ssh;
     Err(not_built("transport", name))
 }
 

@@ -115,6 +115,12 @@ pub trait Collection: Send + Sync + std::fmt::Debug {
     /// The transport's name (`local`, `ssh`, `ssm`).
     fn name(&self) -> &str;
 
+    /// How many hosts this transport works on at once when the caller does
+    /// not say (a local shell: a few; SSH: hundreds).
+    fn default_concurrency(&self) -> usize {
+        CollectOptions::default().concurrency
+    }
+
     /// Starts the collection; results arrive on the stream as hosts finish.
     fn collect(&self, request: CollectRequest) -> BoxStream<'static, CollectEvent>;
 }
@@ -135,6 +141,11 @@ pub struct ExecLimits {
 pub trait HostExec: Send + Sync + std::fmt::Debug + 'static {
     /// The transport's name.
     fn name(&self) -> &str;
+
+    /// See [`Collection::default_concurrency`].
+    fn default_concurrency(&self) -> usize {
+        CollectOptions::default().concurrency
+    }
 
     /// Runs `script` on `host` (as `sh -s` with the script on standard input,
     /// or equivalent), honouring `limits` and `cancel`, and returns what came
@@ -163,6 +174,10 @@ impl<E: HostExec> PerHost<E> {
 impl<E: HostExec> Collection for PerHost<E> {
     fn name(&self) -> &str {
         self.exec.name()
+    }
+
+    fn default_concurrency(&self) -> usize {
+        self.exec.default_concurrency()
     }
 
     fn collect(&self, request: CollectRequest) -> BoxStream<'static, CollectEvent> {

@@ -147,6 +147,12 @@ find "$@" -xdev -type f \( -perm -4000 -o -perm -2000 \) -exec stat -c "%n$t%U$t
 exit 0"#;
 
 const STARTUP_SH: &str = r#"printf 'name\tpath\tsource\tstatus\n'
+# GNU find reads every link in one process; elsewhere, one readlink per entry.
+if find /etc/systemd/system -maxdepth 0 -printf '' 2>/dev/null; then
+  find /etc/systemd/system -mindepth 2 -maxdepth 2 -path '*.wants/*' -printf '%f\t%l\t%h\tenabled\n' 2>/dev/null
+  find /etc/init.d /etc/rc.local -maxdepth 1 ! -type d -printf '%f\t%p\t%h\tenabled\n' 2>/dev/null
+  exit 0
+fi
 for f in /etc/systemd/system/*.wants/* /etc/init.d/* /etc/rc.local; do
   [ -e "$f" ] || [ -L "$f" ] || continue
   p=$(readlink -f "$f" 2>/dev/null) || p=$f
@@ -154,12 +160,16 @@ for f in /etc/systemd/system/*.wants/* /etc/init.d/* /etc/rc.local; do
 done"#;
 
 fn file_hashes_sh() -> String {
-    let mut s = String::from("set --\nfor f in");
+    // On usr-merged systems /bin and /sbin link to /usr: hash each file once
+    // (every /bin and /sbin entry of the list has its /usr twin).
+    let mut s = String::from("merged=0\n[ -L /bin ] && [ -L /sbin ] && merged=1\nset --\nfor f in");
     for p in KEY_BINARIES {
         s.push(' ');
         s.push_str(p);
     }
-    s.push_str("; do\n  [ -f \"$f\" ] && set -- \"$@\" \"$f\"\ndone\n[ $# -gt 0 ] || exit 0\nsha256sum \"$@\"");
+    s.push_str(
+        "; do\n  case $merged:$f in 1:/bin/*|1:/sbin/*) continue ;; esac\n  [ -f \"$f\" ] && set -- \"$@\" \"$f\"\ndone\n[ $# -gt 0 ] || exit 0\nsha256sum \"$@\"",
+    );
     s
 }
 

@@ -76,6 +76,9 @@ pub enum HostStatus {
     /// The host presented a key that does not match the known one. During an
     /// incident this may mean an attacker: check before trusting the host.
     HostKeyMismatch,
+    /// The host's key is not known and strict checking refused it: add it to
+    /// known_hosts (checked out of band), or accept new keys explicitly.
+    HostKeyUnknown,
     /// The output was cut before the payload's end marker.
     Truncated,
     /// The payload script itself failed (no shell, no temporary directory).
@@ -96,6 +99,7 @@ impl HostStatus {
             HostStatus::Unreachable => "unreachable",
             HostStatus::AuthFailed => "auth_failed",
             HostStatus::HostKeyMismatch => "host_key_mismatch",
+            HostStatus::HostKeyUnknown => "host_key_unknown",
             HostStatus::Truncated => "truncated",
             HostStatus::NonZeroExit => "non_zero_exit",
             HostStatus::TransportError => "transport_error",

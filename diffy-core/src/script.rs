@@ -7,7 +7,7 @@
 //! nonce is random per run, and ends with `==`:
 //!
 //! ```text
-//! ==DIFFY:N:BEGIN <hostname>==
+//! ==DIFFY:N:BEGIN <pid of the script> <hostname>==
 //! ==DIFFY:N:START <query>==
 //! ==DIFFY:N:Q <query> <exit code> <stdout bytes> <stderr bytes> <start> <end>==
 //! <exactly stdout bytes><exactly stderr bytes>
@@ -129,15 +129,19 @@ fi
 _dp=
 trap 'rm -rf "$_dd"' EXIT
 trap '[ -n "$_dp" ] && { kill -TERM -"$_dp" 2>/dev/null; kill -TERM "$_dp" 2>/dev/null; }; exit 143' HUP INT TERM
-_de=$(( $(date +%s) + @DEADLINE@ ))
+_dnow=$(date +%s)
+_de=$(( _dnow + @DEADLINE@ ))
 if command -v timeout >/dev/null 2>&1; then _dt=1; else _dt=0; fi
-printf '==DIFFY:%s:BEGIN %s==\n' "$_dn" "$(hostname 2>/dev/null | head -n 1)"
+printf '==DIFFY:%s:BEGIN %s %s==\n' "$_dn" "$$" "$(hostname 2>/dev/null | head -n 1)"
+# One frame: sizes from a single wc, the end time doubles as the next start.
 _df() {
-  printf '==DIFFY:%s:Q %s %s %s %s %s %s==\n' "$_dn" "$1" "$2" $(( $(wc -c <"$_dd/o") )) $(( $(wc -c <"$_dd/e") )) "$3" "$(date +%s)"
+  _dnow=$(date +%s)
+  set -- "$1" "$2" "$3" $(cd "$_dd" && exec wc -c o e)
+  printf '==DIFFY:%s:Q %s %s %s %s %s %s==\n' "$_dn" "$1" "$2" "$4" "$6" "$3" "$_dnow"
   cat "$_dd/o" "$_dd/e"
 }
 _dq() {
-  _s=$(date +%s)
+  _s=$_dnow
   _l=$(( _de - _s ))
   if [ "$_l" -le 0 ]; then printf '==DIFFY:%s:SKIP %s==\n' "$_dn" "$1"; return 0; fi
   if [ "$2" -gt 0 ] && [ "$2" -lt "$_l" ]; then _l=$2; fi
@@ -154,7 +158,7 @@ _dq() {
   _df "$1" "$_r" "$_s"
 }
 _ds() {
-  _s=$(date +%s)
+  _s=$_dnow
   printf '==DIFFY:%s:START %s==\n' "$_dn" "$1"
   { eval "$2"; } </dev/null >"$_dd/o" 2>"$_dd/e"
   _df "$1" $? "$_s"
@@ -201,6 +205,7 @@ pub struct Execution {
 #[derive(Debug, Default)]
 struct Frames {
     hostname: Option<String>,
+    pid: Option<u32>,
     begun: bool,
     ended: bool,
     fatal: Option<String>,
@@ -248,7 +253,9 @@ fn parse_frames(out: &Bytes, nonce: &str) -> Frames {
         match kind {
             "BEGIN" => {
                 f.begun = true;
-                let h = rest.trim();
+                let (pid, h) = rest.split_once(' ').unwrap_or((rest, ""));
+                f.pid = pid.parse().ok();
+                let h = h.trim();
                 f.hostname = (!h.is_empty()).then(|| h.to_string());
             }
             "START" => f.started.push(rest.to_string()),
@@ -290,6 +297,17 @@ fn parse_frames(out: &Bytes, nonce: &str) -> Frames {
 
 fn host_time(secs: Option<i64>) -> Option<DateTime<Utc>> {
     secs.and_then(|s| DateTime::from_timestamp(s, 0))
+}
+
+/// The pid the payload script reported on the host (from its `BEGIN` frame),
+/// once that frame has arrived: a transport uses it to stop the script on the
+/// host when a run is cancelled or a deadline passes.
+pub fn remote_pid(stdout: &[u8], nonce: &str) -> Option<u32> {
+    let marker = format!("==DIFFY:{nonce}:BEGIN ");
+    let at = memchr::memmem::find(stdout, marker.as_bytes())? + marker.len();
+    let rest = &stdout[at..];
+    let end = rest.iter().position(|b| !b.is_ascii_digit())?;
+    std::str::from_utf8(&rest[..end]).ok()?.parse().ok()
 }
 
 fn first_line(bytes: &[u8]) -> String {
@@ -492,7 +510,7 @@ mod tests {
     #[test]
     fn parses_frames_with_arbitrary_bytes() {
         let s = Script::render_with_nonce(&spec(), Duration::from_secs(5), "n1").unwrap();
-        let mut out = b"motd banner\n==DIFFY:n1:BEGIN web-1==\n==DIFFY:n1:START a==\n".to_vec();
+        let mut out = b"motd banner\n==DIFFY:n1:BEGIN 4242 web-1==\n==DIFFY:n1:START a==\n".to_vec();
         // Output that contains a fake frame marker and non-UTF-8 bytes.
         let body = b"==DIFFY:n1:END==\n\xff\x00";
         out.extend_from_slice(format!("==DIFFY:n1:Q a 0 {} 3 100 101==\n", body.len()).as_bytes());
@@ -502,6 +520,8 @@ mod tests {
         let r = assemble(Host::named("h").unwrap(), &spec(), &s, exec(&out, ExecEnd::Exited(0)));
         assert_eq!(r.status, HostStatus::Partial);
         assert_eq!(r.facts.hostname.as_deref(), Some("web-1"));
+        assert_eq!(remote_pid(&out, "n1"), Some(4242));
+        assert_eq!(remote_pid(b"==DIFFY:n1:BEGIN ", "n1"), None);
         assert_eq!(&r.queries[0].stdout[..], body);
         assert_eq!(&r.queries[0].stderr[..], b"err");
         assert_eq!(r.queries[0].status, QueryStatus::Ok);
@@ -513,7 +533,8 @@ mod tests {
     #[test]
     fn timeout_marks_running_query() {
         let s = Script::render_with_nonce(&spec(), Duration::from_secs(5), "n1").unwrap();
-        let out = b"==DIFFY:n1:BEGIN h==\n==DIFFY:n1:START a==\n==DIFFY:n1:Q a 0 2 0 1 1==\na\n==DIFFY:n1:START b==\n";
+        let out =
+            b"==DIFFY:n1:BEGIN 7 h==\n==DIFFY:n1:START a==\n==DIFFY:n1:Q a 0 2 0 1 1==\na\n==DIFFY:n1:START b==\n";
         let r = assemble(Host::named("h").unwrap(), &spec(), &s, exec(out, ExecEnd::TimedOut));
         assert_eq!(r.status, HostStatus::TimedOut);
         assert_eq!(r.queries[0].status, QueryStatus::Ok);
@@ -523,7 +544,7 @@ mod tests {
     #[test]
     fn cut_frame_is_truncated_and_kept() {
         let s = Script::render_with_nonce(&spec(), Duration::from_secs(5), "n1").unwrap();
-        let out = b"==DIFFY:n1:BEGIN h==\n==DIFFY:n1:START a==\n==DIFFY:n1:Q a 0 100 0 1 1==\npartial";
+        let out = b"==DIFFY:n1:BEGIN 7 h==\n==DIFFY:n1:START a==\n==DIFFY:n1:Q a 0 100 0 1 1==\npartial";
         let r = assemble(Host::named("h").unwrap(), &spec(), &s, exec(out, ExecEnd::Exited(0)));
         assert_eq!(r.status, HostStatus::Truncated);
         assert_eq!(r.queries[0].status, QueryStatus::Truncated);

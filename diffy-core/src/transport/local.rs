@@ -13,7 +13,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
-use super::output::{Capture, read_limited};
+use super::output::{Driven, drive};
 use crate::collection::{ExecLimits, HostExec};
 use crate::names::Host;
 use crate::result::HostStatus;
@@ -104,6 +104,11 @@ impl HostExec for LocalTransport {
         "local"
     }
 
+    /// Every host runs on this machine: a few at a time.
+    fn default_concurrency(&self) -> usize {
+        8
+    }
+
     async fn exec(&self, host: &Host, script: &Script, limits: ExecLimits, cancel: &CancellationToken) -> Execution {
         let started_at = Utc::now();
         let mut cmd = Command::new(&self.shell);
@@ -142,45 +147,20 @@ impl HostExec for LocalTransport {
         }
         let mut out_pipe = child.stdout.take().expect("stdout is piped");
         let mut err_pipe = child.stderr.take().expect("stderr is piped");
-        let (mut out, mut err) = (Capture::default(), Capture::default());
-        let limit = limits.max_output_bytes;
-        let end = {
-            let mut out_fut = Box::pin(read_limited(&mut out_pipe, &mut out, limit));
-            let mut err_fut = Box::pin(read_limited(&mut err_pipe, &mut err, limit));
-            let deadline = tokio::time::sleep(limits.deadline);
-            tokio::pin!(deadline);
-            let drain = tokio::time::sleep(Duration::from_secs(3600));
-            tokio::pin!(drain);
-            let (mut out_done, mut err_done, mut exited) = (false, false, None);
-            loop {
-                if out_done && err_done {
-                    if let Some(code) = exited {
-                        break ExecEnd::Exited(code);
-                    }
+        let (out, err, driven) =
+            drive(&mut out_pipe, &mut err_pipe, child.wait(), limits.deadline, limits.max_output_bytes, cancel).await;
+        let end = match driven {
+            Driven::Exited(status) => {
+                // Processes the payload left behind may still hold the pipes
+                // (the drain gave up on them): they are in its group.
+                if !(out.eof && err.eof) {
+                    kill_group(pid);
                 }
-                tokio::select! {
-                    limited = &mut out_fut, if !out_done => {
-                        out_done = true;
-                        if limited { break ExecEnd::OutputLimit(limit); }
-                    }
-                    limited = &mut err_fut, if !err_done => {
-                        err_done = true;
-                        if limited { break ExecEnd::OutputLimit(limit); }
-                    }
-                    status = child.wait(), if exited.is_none() => {
-                        let code = status.map(exit_code).unwrap_or(-1);
-                        exited = Some(code);
-                        // Processes the payload left behind may hold the pipes open.
-                        drain.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(2));
-                    }
-                    () = &mut drain, if exited.is_some() => {
-                        kill_group(pid);
-                        break ExecEnd::Exited(exited.unwrap_or(-1));
-                    }
-                    () = &mut deadline => break ExecEnd::TimedOut,
-                    () = cancel.cancelled() => break ExecEnd::Cancelled,
-                }
+                ExecEnd::Exited(status.map(exit_code).unwrap_or(-1))
             }
+            Driven::TimedOut => ExecEnd::TimedOut,
+            Driven::Cancelled => ExecEnd::Cancelled,
+            Driven::OutputLimit(n) => ExecEnd::OutputLimit(n),
         };
         if !matches!(end, ExecEnd::Exited(_)) {
             stop(pid).await;

@@ -108,3 +108,4 @@ pub fn filters() -> Vec<(&'static str, &'static str)> {
         (r#""duration_ms": \d+"#, r#""duration_ms": [MS]"#),
     ]
 }
+pub mod fleet;

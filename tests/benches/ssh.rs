@@ -1,0 +1,222 @@
+//! Benchmark: a full collection of the standard shell pack over SSH, on the
+//! namespace fleet, side by side with `parallel-ssh -p 50` running the same
+//! script over the same hosts and settings, and with the floor of one key
+//! exchange per host (`ssh HOST true`, 50 at a time). Prints a table of wall
+//! time and client CPU (user + system of every client process: diffy, ssh
+//! masters and clients, ProxyCommands).
+//!
+//! `cargo bench -p diffy-tests --bench ssh` (as root; needs openssh-server,
+//! socat and pssh). Sizes: DIFFY_BENCH_SSH_SIZES=100,200. Runs per cell:
+//! DIFFY_BENCH_RUNS=3 (the median is shown).
+
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use diffy_core::ShellPayload;
+use diffy_core::script::Script;
+use nix::sys::resource::{UsageWho, getrusage};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+
+const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fleet/diffy-fleet");
+const PARALLEL: usize = 50;
+
+fn cpu_seconds() -> f64 {
+    let u = getrusage(UsageWho::RUSAGE_CHILDREN).expect("getrusage");
+    let t = |tv: nix::sys::time::TimeVal| tv.tv_sec() as f64 + tv.tv_usec() as f64 / 1e6;
+    t(u.user_time()) + t(u.system_time())
+}
+
+/// Reaps every exited descendant handed to us (we are a subreaper), so that
+/// their CPU time is counted.
+fn reap() {
+    let until = Instant::now() + Duration::from_secs(3);
+    loop {
+        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => {
+                if Instant::now() > until {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Ok(_) => {}
+            Err(_) => return, // no children left
+        }
+    }
+}
+
+/// Runs `f`, returns wall seconds and client CPU seconds.
+fn measure(f: impl FnOnce()) -> (f64, f64) {
+    reap();
+    let cpu = cpu_seconds();
+    let t = Instant::now();
+    f();
+    let wall = t.elapsed().as_secs_f64();
+    reap();
+    (wall, cpu_seconds() - cpu)
+}
+
+fn fleet(args: &[&str], dir: &Path, prefix: &str) -> bool {
+    Command::new(SCRIPT)
+        .args(args)
+        .args(["--dir", dir.to_str().unwrap(), "--prefix", prefix])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn hosts(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string(dir.join("hosts.txt")).unwrap().lines().map(str::to_string).collect()
+}
+
+fn floor(cfg: &Path, hosts: &[String]) {
+    for chunk in hosts.chunks(PARALLEL) {
+        let children: Vec<_> = chunk
+            .iter()
+            .map(|h| {
+                Command::new("ssh")
+                    .arg("-F")
+                    .arg(cfg)
+                    .arg(h)
+                    .arg("true")
+                    .stdin(Stdio::null())
+                    .spawn()
+                    .expect("ssh runs")
+            })
+            .collect();
+        for mut c in children {
+            assert!(c.wait().unwrap().success(), "ssh true failed");
+        }
+    }
+}
+
+fn diffy(cfg: &Path, store: &Path) {
+    let out = Command::new(env!("CARGO_BIN_EXE_diffy-under-test"))
+        .args([
+            "collect",
+            "bench",
+            "--transport",
+            "ssh",
+            "--target",
+            "ssh-config",
+            "--payload",
+            "shell",
+            "--format",
+            "json",
+        ])
+        .arg("--ssh-config")
+        .arg(cfg)
+        .arg("--store")
+        .arg(store)
+        .args(["--concurrency", &PARALLEL.to_string()])
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("diffy runs");
+    let m: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a run manifest");
+    assert_eq!(m["counts"]["by_status"]["ok"], m["counts"]["targeted"], "every host collected: {}", m["counts"]);
+}
+
+fn pssh(cfg: &Path, hosts_file: &Path, script: &Path, out: &Path) {
+    let status = Command::new("parallel-ssh")
+        .args(["-p", &PARALLEL.to_string(), "-t", "0", "-I"])
+        .arg("-h")
+        .arg(hosts_file)
+        .arg("-x")
+        .arg(format!("-F {}", cfg.display()))
+        .arg("-o")
+        .arg(out.join("out"))
+        .arg("-e")
+        .arg(out.join("err"))
+        .arg("sh -s")
+        .stdin(std::fs::File::open(script).unwrap())
+        .stdout(Stdio::null())
+        .status()
+        .expect("parallel-ssh runs");
+    assert!(status.success(), "parallel-ssh reported failures");
+}
+
+fn median(mut v: Vec<(f64, f64)>) -> (f64, f64) {
+    v.sort_by(|a, b| a.0.total_cmp(&b.0));
+    v[v.len() / 2]
+}
+
+fn main() {
+    let root = nix::unistd::Uid::effective().is_root();
+    let tools = ["parallel-ssh", "socat", "ssh"].iter().all(|t| {
+        Command::new("sh").args(["-c", &format!("command -v {t}")]).output().is_ok_and(|o| o.status.success())
+    });
+    if !root || !tools {
+        println!("skipping: the SSH benchmark needs root and openssh-server, socat and pssh installed");
+        return;
+    }
+    nix::sys::prctl::set_child_subreaper(true).expect("become a subreaper");
+    let sizes: Vec<usize> = std::env::var("DIFFY_BENCH_SSH_SIZES")
+        .unwrap_or_else(|_| "100,200".into())
+        .split(',')
+        .map(|s| s.trim().parse().expect("sizes are numbers"))
+        .collect();
+    let runs: usize = std::env::var("DIFFY_BENCH_RUNS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
+    let work = tempfile::tempdir().unwrap();
+    let script = work.path().join("payload.sh");
+    let rendered = Script::render(&ShellPayload::pack(), Duration::from_secs(120)).unwrap();
+    std::fs::write(&script, rendered.text()).unwrap();
+    let mut rows = Vec::new();
+    for n in sizes {
+        let prefix = format!("b{}", std::process::id() % 10000);
+        let dir = PathBuf::from(format!("/srv/diffy-fleet-bench-{prefix}"));
+        let t = Instant::now();
+        assert!(fleet(&["up", &n.to_string()], &dir, &prefix), "the fleet comes up");
+        eprintln!("{n} hosts up in {:.1?}", t.elapsed());
+        let cfg_default = dir.join("ssh_config");
+        let cfg_curve = dir.join("ssh_config_curve25519");
+        let text = std::fs::read_to_string(&cfg_default).unwrap();
+        std::fs::write(
+            &cfg_curve,
+            text.replace("  LogLevel ERROR", "  LogLevel ERROR\n  KexAlgorithms curve25519-sha256"),
+        )
+        .unwrap();
+        let list = hosts(&dir);
+        for (kex, cfg) in [("default (sntrup761x25519)", &cfg_default), ("curve25519-sha256", &cfg_curve)] {
+            let floor_m = median((0..runs).map(|_| measure(|| floor(cfg, &list))).collect());
+            let diffy_m = median(
+                (0..runs)
+                    .map(|i| {
+                        let store = work.path().join(format!("store-{n}-{i}-{}", kex.len()));
+                        measure(|| diffy(cfg, &store))
+                    })
+                    .collect(),
+            );
+            let pssh_m = median(
+                (0..runs)
+                    .map(|i| {
+                        let out = work.path().join(format!("pssh-{n}-{i}-{}", kex.len()));
+                        measure(|| pssh(cfg, &dir.join("hosts.txt"), &script, &out))
+                    })
+                    .collect(),
+            );
+            rows.push((n, kex, floor_m, diffy_m, pssh_m));
+        }
+        assert!(fleet(&["down"], &dir, &prefix), "the fleet goes down");
+    }
+    println!();
+    println!(
+        "Collection of the standard shell pack over SSH, {PARALLEL} hosts at a time, median of {runs} runs, {} cores",
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    println!(
+        "| hosts | key exchange | diffy wall | parallel-ssh wall | diffy client CPU | parallel-ssh client CPU | floor CPU (ssh true) | diffy CPU / floor |"
+    );
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|");
+    for (n, kex, floor_m, diffy_m, pssh_m) in rows {
+        println!(
+            "| {n} | {kex} | {:.2} s | {:.2} s | {:.2} s | {:.2} s | {:.2} s | {:.2} |",
+            diffy_m.0,
+            pssh_m.0,
+            diffy_m.1,
+            pssh_m.1,
+            floor_m.1,
+            diffy_m.1 / floor_m.1
+        );
+    }
+}

