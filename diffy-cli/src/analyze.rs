@@ -135,7 +135,7 @@ pub(crate) async fn analyze(c: &Common, a: &AnalyzeArgs) -> CliResult<u8> {
         return Ok(report_code(&report));
     }
     let key = key(a.key.as_deref().expect("clap requires a key without --from or --import"))?;
-    let engine = collecting_engine(c, &a.target, &a.transport, &a.payload)?.analysis_arc(analysis).build()?;
+    let engine = collecting_engine(c, &a.target, &a.transport, &a.payload, &a.run)?.analysis_arc(analysis).build()?;
     let run = run_options(c, &a.run);
     let cancel = CancellationToken::new();
     ctrl_c(cancel.clone());

@@ -86,11 +86,11 @@ pub struct TargetArgs {
 #[derive(Debug, Args, Clone, Default)]
 #[command(next_help_heading = "Transport")]
 pub struct TransportArgs {
-    /// Transport plugin: local or ssh [default: local].
+    /// Transport plugin: local, ssh or ssm [default: local].
     #[arg(long, env = "DIFFY_TRANSPORT", value_name = "NAME")]
     pub transport: Option<String>,
 
-    /// Hosts queried at once [default: 8 for local, 100 for ssh].
+    /// Hosts queried at once [default: 8 for local, 100 for ssh, 1000 for ssm].
     #[arg(long, env = "DIFFY_CONCURRENCY", value_name = "N")]
     pub concurrency: Option<usize>,
 

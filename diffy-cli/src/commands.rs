@@ -128,6 +128,7 @@ pub(crate) fn collecting_engine(
     t: &TargetArgs,
     tr: &TransportArgs,
     p: &PayloadArgs,
+    r: &RunArgs,
 ) -> CliResult<EngineBuilder> {
     let d = &c.config.defaults;
     let transport_name = tr.transport.clone().or_else(|| d.transport.clone()).unwrap_or_else(|| "local".into());
@@ -136,7 +137,8 @@ pub(crate) fn collecting_engine(
     let hosts = t.hosts.iter().map(|h| registry::parse_host(h)).collect::<CliResult<Vec<_>>>()?;
     let hosts_file: Option<PathBuf> = t.hosts_file.clone().or_else(|| d.hosts.as_ref().map(|h| c.config.path(h)));
     let ssh = ssh_settings(c, &tr.ssh);
-    let collection = registry::transport(&transport_name, &ssh)?;
+    let incident = r.incident_id.clone().or_else(|| d.incident_id.clone());
+    let collection = registry::transport(&transport_name, &ssh, incident.as_deref())?;
     let target = registry::target(&target_name, hosts, hosts_file.as_deref(), &transport_name, &ssh)?;
     let payload = registry::payload(&payload_name, &c.config)?;
     let store = registry::store(&c.store)?;
@@ -189,7 +191,7 @@ fn collection_code(m: &diffy_core::RunManifest) -> u8 {
 
 async fn collect(c: &Common, a: &CollectArgs) -> CliResult<u8> {
     let key = key(&a.key)?;
-    let engine = collecting_engine(c, &a.target, &a.transport, &a.payload)?.build()?;
+    let engine = collecting_engine(c, &a.target, &a.transport, &a.payload, &a.run)?.build()?;
     let run = run_options(c, &a.run);
     let cancel = CancellationToken::new();
     ctrl_c(cancel.clone());
@@ -219,7 +221,7 @@ async fn collect(c: &Common, a: &CollectArgs) -> CliResult<u8> {
 
 async fn baseline(c: &Common, a: &BaselineArgs) -> CliResult<u8> {
     let key = key(&a.key)?;
-    let engine = collecting_engine(c, &a.target, &a.transport, &a.payload)?.build()?;
+    let engine = collecting_engine(c, &a.target, &a.transport, &a.payload, &a.run)?.build()?;
     let run = run_options(c, &a.run);
     let cancel = CancellationToken::new();
     ctrl_c(cancel.clone());

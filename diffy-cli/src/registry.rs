@@ -58,6 +58,13 @@ pub const PLUGINS: &[PluginInfo] = &[
         about: "the system OpenSSH client: ssh_config, agents, ProxyJump; strict host keys; optional sudo -n",
     },
     PluginInfo {
+        kind: "transport",
+        name: "ssm",
+        feature: "transport-ssm",
+        compiled: cfg!(feature = "transport-ssm"),
+        about: "AWS Systems Manager Run Command (AWS-RunShellScript); hosts are instance ids; AWS_ENDPOINT_URL honoured",
+    },
+    PluginInfo {
         kind: "payload",
         name: "shell",
         feature: "payload-shell",
@@ -205,7 +212,7 @@ pub fn target(
 }
 
 /// Builds the transport.
-pub fn transport(name: &str, ssh: &SshSettings) -> CliResult<Arc<dyn Collection>> {
+pub fn transport(name: &str, ssh: &SshSettings, incident: Option<&str>) -> CliResult<Arc<dyn Collection>> {
     lookup(PLUGINS, "transport", name)?;
     #[cfg(feature = "transport-local")]
     if name == "local" {
@@ -239,7 +246,20 @@ pub fn transport(name: &str, ssh: &SshSettings) -> CliResult<Arc<dyn Collection>
         }
         return Ok(Arc::new(diffy_core::PerHost::new(SshTransport::new(o)?)));
     }
-    let _ = ssh;
+    #[cfg(feature = "transport-ssm")]
+    if name == "ssm" {
+        use diffy_transport_ssm::{SsmOptions, SsmTransport};
+        // The incident id goes in each command's Comment, for CloudTrail.
+        let comment = match incident {
+            Some(i) => format!("diffy {i}"),
+            None => "diffy (read-only triage queries)".to_string(),
+        };
+        let o = SsmOptions::default().comment(comment);
+        // Loading the AWS configuration is async (profiles, SSO, IMDS).
+        let t = tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(SsmTransport::from_env(o)));
+        return Ok(Arc::new(t));
+    }
+    let _ = (ssh, incident);
     Err(not_built("transport", name))
 }
 

@@ -6,3 +6,4 @@
 
 pub mod conformance;
 pub mod fleet;
+pub mod ssm_endpoint;

@@ -1,0 +1,686 @@
+//! Diffy's AWS Systems Manager Run Command transport.
+//!
+//! [`SsmTransport`] runs a payload on EC2 instances (or hybrid managed nodes)
+//! through `SendCommand` with the `AWS-RunShellScript` document:
+//!
+//! - at most 50 instance ids per `SendCommand` (the API's limit), with
+//!   `MaxConcurrency` and `MaxErrors` at 100 % so one bad instance never
+//!   stops the others, the run's comment (an incident id) in `Comment`, cut
+//!   to 100 characters, and `executionTimeout` from the per-host deadline;
+//! - the payload's queries in **one** invocation per instance, its script
+//!   gzip-compressed and base64-encoded on the way out and its output the
+//!   same way on the way back, so real results fit SSM's inline limits; an
+//!   output cut by SSM (24,000 characters) is detected, kept as evidence and
+//!   reported `truncated`, never parsed as if whole (see [`envelope`]);
+//! - status by polling: one paginated `ListCommandInvocations` per command
+//!   (50 instances) per round, and one `GetCommandInvocation` per finished
+//!   instance for its output. An invocation not yet visible right after
+//!   `SendCommand` (or `InvocationDoesNotExist`) is "not yet" for
+//!   [`SsmOptions::visibility_grace`];
+//! - throttling handled by the SDK's adaptive retry mode with jitter
+//!   ([`SsmTransport::from_env`]); one overall deadline for the run, after
+//!   which unfinished invocations are cancelled (`CancelCommand`) and
+//!   reported `timed_out` with their last status;
+//! - every `StatusDetails` value mapped to a per-host status: `Undeliverable`
+//!   and `Delivery Timed Out` are `unreachable`, `Execution Timed Out` is
+//!   `timed_out` (with the output that came back), `Cancelled`, `Terminated`
+//!   and `Failed` have their own messages, and a status the SDK does not know
+//!   is a `transport_error` naming it.
+//!
+//! No credential is ever part of a command: the instance runs the payload's
+//! own text. The command id, document, SSM status, details and response code
+//! of every invocation are kept with the host's result (`transport` map).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_sdk_ssm::Client;
+use aws_sdk_ssm::error::ProvideErrorMetadata;
+use aws_sdk_ssm::types::CommandInvocationStatus;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use diffy_core::script::{ExecEnd, Execution, assemble};
+use diffy_core::{CollectEvent, CollectRequest, Collection, Host, HostResult, HostStatus, PayloadSpec};
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+pub mod envelope;
+
+use envelope::{Decoded, INLINE_STDOUT_LIMIT};
+
+/// Instance ids per `SendCommand` call: the API's limit.
+pub const MAX_IDS_PER_SEND: usize = 50;
+/// Characters of `Comment` the API accepts.
+pub const MAX_COMMENT: usize = 100;
+
+const PLUGIN: &str = "ssm";
+
+/// Settings of the SSM transport.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct SsmOptions {
+    /// The command document. Default `AWS-RunShellScript`.
+    pub document: String,
+    /// Put in each command's `Comment` (cut to 100 characters): the
+    /// incident id, so the commands are easy to find in CloudTrail.
+    pub comment: Option<String>,
+    /// Instance ids per `SendCommand` (1 to 50). Default 50.
+    pub batch: usize,
+    /// Time between polling rounds. Default 2 s.
+    pub poll_interval: Duration,
+    /// How long an invocation may stay invisible after `SendCommand` (not
+    /// listed, or `InvocationDoesNotExist`) before the host is given up.
+    /// Default 60 s.
+    pub visibility_grace: Duration,
+    /// Time an instance's agent has to pick the command up (`TimeoutSeconds`
+    /// of `SendCommand`, at least 30 s); also added to the run's deadline.
+    /// Default 60 s.
+    pub delivery_timeout: Duration,
+    /// Output fetches (`GetCommandInvocation`) in flight at once. Default 16.
+    pub fetch_concurrency: usize,
+    /// Instances in flight at once. Default 1,000.
+    pub concurrency: usize,
+}
+
+impl Default for SsmOptions {
+    fn default() -> Self {
+        Self {
+            document: "AWS-RunShellScript".into(),
+            comment: None,
+            batch: MAX_IDS_PER_SEND,
+            poll_interval: Duration::from_secs(2),
+            visibility_grace: Duration::from_secs(60),
+            delivery_timeout: Duration::from_secs(60),
+            fetch_concurrency: 16,
+            concurrency: 1000,
+        }
+    }
+}
+
+impl SsmOptions {
+    /// Sets the comment (an incident id); cut to 100 characters.
+    pub fn comment(mut self, c: impl Into<String>) -> Self {
+        self.comment = Some(c.into());
+        self
+    }
+
+    /// Sets the instance ids per call (clamped to 1..=50).
+    pub fn batch(mut self, n: usize) -> Self {
+        self.batch = n.clamp(1, MAX_IDS_PER_SEND);
+        self
+    }
+
+    /// Sets the polling interval.
+    pub fn poll_interval(mut self, d: Duration) -> Self {
+        self.poll_interval = d;
+        self
+    }
+
+    /// Sets the visibility grace period.
+    pub fn visibility_grace(mut self, d: Duration) -> Self {
+        self.visibility_grace = d;
+        self
+    }
+
+    /// Sets the delivery timeout (at least 30 s, as the API requires).
+    pub fn delivery_timeout(mut self, d: Duration) -> Self {
+        self.delivery_timeout = d.max(Duration::from_secs(30));
+        self
+    }
+
+    /// Sets the instances in flight at once.
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n.max(1);
+        self
+    }
+}
+
+/// The SSM Run Command transport. See the crate documentation.
+#[derive(Clone, Debug)]
+pub struct SsmTransport {
+    client: Client,
+    options: Arc<SsmOptions>,
+}
+
+impl SsmTransport {
+    /// A transport over `client` (configured by the caller: region,
+    /// credentials, retry).
+    pub fn new(client: Client, options: SsmOptions) -> Self {
+        Self { client, options: Arc::new(options) }
+    }
+
+    /// A transport with credentials and region from the standard AWS chain
+    /// (environment, profiles, SSO, instance role), `AWS_ENDPOINT_URL` /
+    /// `AWS_ENDPOINT_URL_SSM` honoured, and the adaptive retry mode (client
+    /// side rate limiting, exponential backoff with jitter, 10 attempts) so
+    /// that throttling slows the run down instead of failing hosts.
+    pub async fn from_env(options: SsmOptions) -> Self {
+        let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .retry_config(
+                aws_config::retry::RetryConfig::adaptive()
+                    .with_max_attempts(10)
+                    .with_initial_backoff(Duration::from_millis(200))
+                    .with_max_backoff(Duration::from_secs(10)),
+            )
+            .load()
+            .await;
+        Self::new(Client::new(&config), options)
+    }
+
+    /// The settings.
+    pub fn options(&self) -> &SsmOptions {
+        &self.options
+    }
+}
+
+/// Whether `id` looks like an EC2 instance id or a hybrid managed node id.
+pub fn is_instance_id(id: &str) -> bool {
+    let hex = |s: &str| (s.len() == 8 || s.len() == 17) && s.bytes().all(|b| b.is_ascii_hexdigit());
+    id.strip_prefix("i-").is_some_and(hex) || id.strip_prefix("mi-").is_some_and(|s| s.len() == 17 && hex(s))
+}
+
+impl Collection for SsmTransport {
+    fn name(&self) -> &str {
+        PLUGIN
+    }
+
+    fn default_concurrency(&self) -> usize {
+        self.options.concurrency
+    }
+
+    fn collect(&self, request: CollectRequest) -> BoxStream<'static, CollectEvent> {
+        let (tx, rx) = mpsc::channel::<CollectEvent>(1024);
+        let run = Run { client: self.client.clone(), options: self.options.clone(), tx };
+        tokio::spawn(run.go(request));
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (e, rx)) }).boxed()
+    }
+}
+
+/// One collection in progress.
+struct Run {
+    client: Client,
+    options: Arc<SsmOptions>,
+    tx: mpsc::Sender<CollectEvent>,
+}
+
+/// A host whose invocation has been sent.
+struct Flight {
+    host: Host,
+    command: usize,
+    sent: Instant,
+    sent_at: DateTime<Utc>,
+    last: Option<(String, String)>,
+}
+
+struct Command {
+    id: String,
+    /// Hosts of this command still waiting for a final status.
+    waiting: usize,
+}
+
+/// What the list said of an invocation.
+enum Seen {
+    /// Still on its way.
+    Running,
+    /// Finished: fetch its output.
+    Fetch,
+    /// Finished without output worth fetching.
+    Done(HostStatus, String),
+}
+
+fn classify(status: &CommandInvocationStatus, details: &str) -> Seen {
+    match details {
+        "Undeliverable" => {
+            return Seen::Done(
+                HostStatus::Unreachable,
+                "SSM could not deliver the command (Undeliverable): the instance is not a managed node, is stopped, \
+                 or its agent has no route to SSM"
+                    .into(),
+            );
+        }
+        "Delivery Timed Out" => {
+            return Seen::Done(
+                HostStatus::Unreachable,
+                "SSM could not deliver the command before its delivery timeout (Delivery Timed Out): the agent is \
+                 offline or not running"
+                    .into(),
+            );
+        }
+        "Terminated" => {
+            return Seen::Done(
+                HostStatus::TransportError,
+                "SSM terminated this invocation (Terminated): the command's MaxErrors was reached".into(),
+            );
+        }
+        "Execution Timed Out" => return Seen::Fetch,
+        _ => {}
+    }
+    match status {
+        CommandInvocationStatus::Pending
+        | CommandInvocationStatus::InProgress
+        | CommandInvocationStatus::Delayed
+        | CommandInvocationStatus::Cancelling => Seen::Running,
+        CommandInvocationStatus::Success | CommandInvocationStatus::Failed | CommandInvocationStatus::TimedOut => {
+            Seen::Fetch
+        }
+        CommandInvocationStatus::Cancelled => {
+            Seen::Done(HostStatus::Cancelled, format!("SSM cancelled this invocation ({details})"))
+        }
+        other => Seen::Done(
+            HostStatus::TransportError,
+            format!("SSM returned a status diffy does not know: {:?} ({details})", other.as_str()),
+        ),
+    }
+}
+
+impl Run {
+    async fn go(self, request: CollectRequest) {
+        let CollectRequest { hosts, spec, script, options, cancel } = request;
+        let o = self.options.clone();
+        let commands_text = envelope::wrap(script.text(), script.nonce(), &spec.name);
+        // The instance's own limit: the script stops itself at the deadline;
+        // SSM's executionTimeout backs it up.
+        let exec_timeout = (options.host_deadline + options.grace).as_secs().max(30);
+        let deadline = Instant::now() + options.host_deadline + options.grace + o.delivery_timeout;
+        let concurrency = options.concurrency.max(1);
+
+        let mut queue = VecDeque::new();
+        for host in hosts {
+            if is_instance_id(host.address()) {
+                queue.push_back(host);
+            } else {
+                let why = format!(
+                    "{:?} is not an EC2 instance id (i-…) or managed node id (mi-…); the ssm transport needs one \
+                     (as the host id, or as its address: ID=i-0123456789abcdef0)",
+                    host.address()
+                );
+                self.finish(HostResult::failed(host, HostStatus::TransportError, why, Utc::now())).await;
+            }
+        }
+
+        let mut commands: Vec<Command> = Vec::new();
+        let mut flights: HashMap<String, Flight> = HashMap::new();
+        let mut fetches: JoinSet<()> = JoinSet::new();
+        let fetch_slots = Arc::new(tokio::sync::Semaphore::new(o.fetch_concurrency.max(1)));
+        let mut fetching = 0usize;
+
+        loop {
+            // Send to more instances while there is room.
+            while !queue.is_empty() && !cancel.is_cancelled() && flights.len() + fetching < concurrency {
+                let batch = o.batch.clamp(1, MAX_IDS_PER_SEND);
+                let room = (concurrency - flights.len() - fetching).min(batch);
+                // Whole batches only (fewer calls), unless fewer hosts are left.
+                if room < batch.min(concurrency).min(queue.len()) {
+                    break;
+                }
+                let chunk: Vec<Host> = (0..room).filter_map(|_| queue.pop_front()).collect();
+                let sent_at = Utc::now();
+                match self.send(&chunk, &commands_text, exec_timeout).await {
+                    Ok(id) => {
+                        tracing::debug!(command = %id, instances = chunk.len(), "sent");
+                        commands.push(Command { id, waiting: chunk.len() });
+                        for host in chunk {
+                            let _ = self.tx.send(CollectEvent::Started(host.id.clone())).await;
+                            let key = host.address().to_string();
+                            flights.insert(
+                                key,
+                                Flight { host, command: commands.len() - 1, sent: Instant::now(), sent_at, last: None },
+                            );
+                        }
+                    }
+                    Err(why) => {
+                        for host in chunk {
+                            let r = HostResult::failed(host, HostStatus::TransportError, why.clone(), sent_at);
+                            self.finish(r).await;
+                        }
+                    }
+                }
+            }
+            if flights.is_empty() && queue.is_empty() {
+                break;
+            }
+            if cancel.is_cancelled() {
+                self.give_up(&commands, flights, queue, HostStatus::Cancelled, "the run was interrupted").await;
+                break;
+            }
+            if Instant::now() >= deadline {
+                self.give_up(&commands, flights, queue, HostStatus::TimedOut, "no result by the run's deadline").await;
+                break;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(o.poll_interval) => {}
+                () = cancel.cancelled() => continue,
+            }
+            while fetches.try_join_next().is_some() {
+                fetching -= 1;
+            }
+
+            // One polling round: list each command that still has hosts waiting.
+            for (ci, cmd) in commands.iter_mut().enumerate() {
+                if cmd.waiting == 0 {
+                    continue;
+                }
+                let listed = match self.list(&cmd.id).await {
+                    Ok(l) => l,
+                    Err(why) => {
+                        // Retries are exhausted; try again next round, until the deadline.
+                        tracing::warn!(command = %cmd.id, "listing invocations failed: {why}");
+                        continue;
+                    }
+                };
+                for (instance, status, details) in listed {
+                    let Some(f) = flights.get_mut(&instance).filter(|f| f.command == ci) else { continue };
+                    f.last = Some((status.as_str().to_string(), details.clone()));
+                    match classify(&status, &details) {
+                        Seen::Running => {}
+                        Seen::Fetch => {
+                            let f = flights.remove(&instance).expect("present");
+                            cmd.waiting -= 1;
+                            fetching += 1;
+                            let job = Fetch {
+                                client: self.client.clone(),
+                                tx: self.tx.clone(),
+                                command_id: cmd.id.clone(),
+                                document: o.document.clone(),
+                                spec: spec.clone(),
+                                script: script.clone(),
+                                grace: o.visibility_grace,
+                                poll: o.poll_interval,
+                            };
+                            let slots = fetch_slots.clone();
+                            fetches.spawn(async move {
+                                let _slot = slots.acquire_owned().await;
+                                job.run(f).await;
+                            });
+                        }
+                        Seen::Done(st, why) => {
+                            let f = flights.remove(&instance).expect("present");
+                            cmd.waiting -= 1;
+                            let mut r = HostResult::failed(f.host, st, why, f.sent_at);
+                            r.finished_at = Utc::now();
+                            r.transport = evidence(&cmd.id, &o.document, Some((&status, &details)), None);
+                            self.finish(r).await;
+                        }
+                    }
+                }
+            }
+            // Invocations SSM never showed within the grace period.
+            let lost: Vec<String> = flights
+                .iter()
+                .filter(|(_, f)| f.last.is_none() && f.sent.elapsed() > o.visibility_grace)
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in lost {
+                let f = flights.remove(&k).expect("present");
+                commands[f.command].waiting -= 1;
+                let why = format!(
+                    "SSM never listed an invocation for this instance within {}s of SendCommand",
+                    o.visibility_grace.as_secs()
+                );
+                let mut r = HostResult::failed(f.host, HostStatus::TransportError, why, f.sent_at);
+                r.finished_at = Utc::now();
+                r.transport = evidence(&commands[f.command].id, &o.document, None, None);
+                self.finish(r).await;
+            }
+        }
+        while fetches.join_next().await.is_some() {}
+    }
+
+    async fn finish(&self, r: HostResult) {
+        let _ = self.tx.send(CollectEvent::Finished(Box::new(r))).await;
+    }
+
+    async fn send(&self, chunk: &[Host], commands: &[String], exec_timeout: u64) -> Result<String, String> {
+        let o = &self.options;
+        let mut req = self
+            .client
+            .send_command()
+            .document_name(&o.document)
+            .set_instance_ids(Some(chunk.iter().map(|h| h.address().to_string()).collect()))
+            .parameters("commands", commands.to_vec())
+            .parameters("executionTimeout", vec![exec_timeout.to_string()])
+            .timeout_seconds(o.delivery_timeout.as_secs().max(30) as i32)
+            .max_concurrency("100%")
+            .max_errors("100%");
+        if let Some(c) = &o.comment {
+            req = req.comment(c.chars().take(MAX_COMMENT).collect::<String>());
+        }
+        let out = req.send().await.map_err(|e| format!("SendCommand failed: {}", describe(&e)))?;
+        out.command()
+            .and_then(|c| c.command_id())
+            .map(str::to_string)
+            .ok_or_else(|| "SendCommand returned no command id".to_string())
+    }
+
+    async fn list(&self, command_id: &str) -> Result<Vec<(String, CommandInvocationStatus, String)>, String> {
+        let mut pages =
+            self.client.list_command_invocations().command_id(command_id).max_results(50).into_paginator().send();
+        let mut all = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| describe(&e))?;
+            for inv in page.command_invocations() {
+                let (Some(id), Some(st)) = (inv.instance_id(), inv.status()) else { continue };
+                all.push((id.to_string(), st.clone(), inv.status_details().unwrap_or_default().to_string()));
+            }
+        }
+        Ok(all)
+    }
+
+    async fn give_up(
+        &self,
+        commands: &[Command],
+        flights: HashMap<String, Flight>,
+        queue: VecDeque<Host>,
+        status: HostStatus,
+        why: &str,
+    ) {
+        // Stop what is still running on the instances.
+        let mut by_command: BTreeMap<usize, Vec<String>> = BTreeMap::new();
+        for (k, f) in &flights {
+            by_command.entry(f.command).or_default().push(k.clone());
+        }
+        for (ci, ids) in by_command {
+            let r = self.client.cancel_command().command_id(&commands[ci].id).set_instance_ids(Some(ids)).send().await;
+            if let Err(e) = r {
+                tracing::warn!(command = %commands[ci].id, "CancelCommand failed: {}", describe(&e));
+            }
+        }
+        for (_, f) in flights {
+            let last =
+                f.last.as_ref().map_or("never listed by SSM".to_string(), |(s, d)| format!("last seen {s} ({d})"));
+            let mut r =
+                HostResult::failed(f.host, status, format!("{why}; {last}; the invocation was cancelled"), f.sent_at);
+            r.finished_at = Utc::now();
+            r.transport = evidence(&commands[f.command].id, &self.options.document, None, None);
+            if let Some((s, d)) = f.last {
+                r.transport.insert("ssm.status".into(), s);
+                r.transport.insert("ssm.status_details".into(), d);
+            }
+            self.finish(r).await;
+        }
+        for host in queue {
+            self.finish(HostResult::failed(host, status, format!("{why} before this host was sent"), Utc::now())).await;
+        }
+    }
+}
+
+/// Fetches one finished invocation's output and yields the host's result.
+struct Fetch {
+    client: Client,
+    tx: mpsc::Sender<CollectEvent>,
+    command_id: String,
+    document: String,
+    spec: Arc<PayloadSpec>,
+    script: Arc<diffy_core::script::Script>,
+    grace: Duration,
+    poll: Duration,
+}
+
+impl Fetch {
+    async fn run(self, f: Flight) {
+        let instance = f.host.address().to_string();
+        let started = Instant::now();
+        let out = loop {
+            let r =
+                self.client.get_command_invocation().command_id(&self.command_id).instance_id(&instance).send().await;
+            match r {
+                Ok(out) => break Ok(out),
+                Err(e) if e.code() == Some("InvocationDoesNotExist") && started.elapsed() < self.grace => {
+                    tokio::time::sleep(self.poll).await;
+                }
+                Err(e) => break Err(format!("GetCommandInvocation failed: {}", describe(&e))),
+            }
+        };
+        let result = match out {
+            Err(why) => {
+                let mut r = HostResult::failed(f.host, HostStatus::TransportError, why, f.sent_at);
+                r.finished_at = Utc::now();
+                r.transport = evidence(&self.command_id, &self.document, None, None);
+                r
+            }
+            Ok(out) => {
+                let status = out.status().cloned().unwrap_or(CommandInvocationStatus::from("unknown"));
+                let details = out.status_details().unwrap_or_default().to_string();
+                let text = out.standard_output_content().unwrap_or_default().to_string();
+                let err_text = out.standard_error_content().unwrap_or_default().to_string();
+                let code = out.response_code();
+                let mut transport = evidence(&self.command_id, &self.document, Some((&status, &details)), Some(code));
+                transport.insert("ssm.output_chars".into(), text.chars().count().to_string());
+                let timed_out = details == "Execution Timed Out" || status == CommandInvocationStatus::TimedOut;
+                let (stdout, stderr, end) = match envelope::decode(&text, self.script.nonce()) {
+                    Decoded::Whole { code, stdout, stderr } => {
+                        (stdout, stderr, if timed_out { ExecEnd::TimedOut } else { ExecEnd::Exited(code) })
+                    }
+                    Decoded::Fatal(why) => (
+                        Bytes::from(text),
+                        Bytes::from(err_text),
+                        ExecEnd::Failed {
+                            status: HostStatus::TransportError,
+                            message: format!("the payload could not start on the instance: {why}"),
+                        },
+                    ),
+                    Decoded::Damaged(why) => {
+                        let end = if text.chars().count() >= INLINE_STDOUT_LIMIT
+                            || text.contains("--output truncated--")
+                        {
+                            ExecEnd::Failed {
+                                status: HostStatus::Truncated,
+                                message: format!(
+                                    "SSM returned only the first {INLINE_STDOUT_LIMIT} characters of this instance's \
+                                     encoded output ({why}); the cut output is kept as evidence. Use a smaller \
+                                     payload for this host"
+                                ),
+                            }
+                        } else if timed_out {
+                            ExecEnd::TimedOut
+                        } else {
+                            ExecEnd::Failed {
+                                status: HostStatus::TransportError,
+                                message: format!(
+                                    "SSM reports {} ({details}, exit {code}) and the output is unusable: {why}",
+                                    status.as_str()
+                                ),
+                            }
+                        };
+                        (Bytes::from(text), Bytes::from(err_text), end)
+                    }
+                };
+                let execution =
+                    Execution { stdout, stderr, end, started_at: f.sent_at, finished_at: Utc::now(), transport };
+                let (spec, script, host) = (self.spec.clone(), self.script.clone(), f.host);
+                tokio::task::spawn_blocking(move || assemble(host, &spec, &script, execution))
+                    .await
+                    .expect("assembling a host result does not panic")
+            }
+        };
+        let _ = self.tx.send(CollectEvent::Finished(Box::new(result))).await;
+    }
+}
+
+fn evidence(
+    command_id: &str,
+    document: &str,
+    status: Option<(&CommandInvocationStatus, &str)>,
+    code: Option<i32>,
+) -> BTreeMap<String, String> {
+    let mut m = BTreeMap::new();
+    m.insert("ssm.command_id".into(), command_id.to_string());
+    m.insert("ssm.document".into(), document.to_string());
+    if let Some((s, d)) = status {
+        m.insert("ssm.status".into(), s.as_str().to_string());
+        m.insert("ssm.status_details".into(), d.to_string());
+    }
+    if let Some(c) = code {
+        m.insert("ssm.response_code".into(), c.to_string());
+    }
+    m
+}
+
+/// A one-line description of an SDK error: its code and message, or what
+/// failed underneath (connection, credentials, timeout).
+fn describe<E, R>(e: &aws_sdk_ssm::error::SdkError<E, R>) -> String
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    use aws_sdk_ssm::error::SdkError;
+    match e {
+        SdkError::ServiceError(s) => {
+            let err = s.err();
+            match (err.code(), err.message()) {
+                (Some(c), Some(m)) => format!("{c}: {m}"),
+                (Some(c), None) => c.to_string(),
+                _ => err.to_string(),
+            }
+        }
+        other => {
+            let mut s = other.to_string();
+            let mut src = std::error::Error::source(other);
+            while let Some(e) = src {
+                s.push_str(": ");
+                s.push_str(&e.to_string());
+                src = e.source();
+            }
+            s
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instance_ids() {
+        for ok in ["i-0123456789abcdef0", "i-12345678", "mi-0123456789abcdef0"] {
+            assert!(is_instance_id(ok), "{ok}");
+        }
+        for bad in ["web-1", "i-", "i-123", "i-0123456789abcdef0; rm -rf /", "mi-12345678", "../i-12345678"] {
+            assert!(!is_instance_id(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn every_status_detail_has_a_meaning() {
+        use CommandInvocationStatus as S;
+        let st = |s: &S, d: &str| match classify(s, d) {
+            Seen::Running => "running".to_string(),
+            Seen::Fetch => "fetch".to_string(),
+            Seen::Done(h, _) => h.as_str().to_string(),
+        };
+        assert_eq!(st(&S::Failed, "Undeliverable"), "unreachable");
+        assert_eq!(st(&S::TimedOut, "Delivery Timed Out"), "unreachable");
+        assert_eq!(st(&S::TimedOut, "Execution Timed Out"), "fetch");
+        assert_eq!(st(&S::Failed, "Failed"), "fetch");
+        assert_eq!(st(&S::Failed, "Terminated"), "transport_error");
+        assert_eq!(st(&S::Cancelled, "Cancelled"), "cancelled");
+        assert_eq!(st(&S::Pending, "Pending"), "running");
+        assert_eq!(st(&S::InProgress, "InProgress"), "running");
+        assert_eq!(st(&S::Delayed, "Delayed"), "running");
+        assert_eq!(st(&S::Success, "Success"), "fetch");
+        assert_eq!(st(&S::from("Exploded"), "Boom"), "transport_error");
+    }
+}
