@@ -416,7 +416,7 @@ impl Shared {
                     if self.is_cancelled(id, instance) {
                         // CancelCommand stops a running command.
                         if let Some(pgid) = pgid {
-                            kill_group(pgid);
+                            stop_group(pgid).await;
                         }
                         return;
                     }
@@ -440,7 +440,7 @@ impl Shared {
             Err(_) => {
                 // The agent kills the command at its executionTimeout.
                 if let Some(pgid) = pgid {
-                    kill_group(pgid);
+                    stop_group(pgid).await;
                 }
                 let msg = format!("command timed out after {}s", timeout.as_secs());
                 self.set(id, instance, |i| {
@@ -535,8 +535,13 @@ impl Shared {
     }
 }
 
-fn kill_group(pgid: u32) {
-    if let Ok(pgid) = i32::try_from(pgid) {
-        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), nix::sys::signal::Signal::SIGKILL);
-    }
+/// Stops a command as this endpoint models the agent doing it (on
+/// `CancelCommand` and at `executionTimeout`): SIGTERM to the command's
+/// process group, then SIGKILL to what is left two seconds later.
+async fn stop_group(pgid: u32) {
+    let Ok(pgid) = i32::try_from(pgid) else { return };
+    let group = nix::unistd::Pid::from_raw(pgid);
+    let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGTERM);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
 }

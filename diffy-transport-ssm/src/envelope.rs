@@ -64,14 +64,23 @@ pub enum Decoded {
         /// The script's standard error.
         stderr: Bytes,
     },
+    /// The output decompresses past the byte limit: what fits is kept.
+    OverLimit {
+        /// The script's standard output, up to the limit.
+        stdout: Bytes,
+        /// The script's standard error, up to what the limit leaves.
+        stderr: Bytes,
+    },
     /// The wrapper itself failed on the host (a tool missing).
     Fatal(String),
     /// The output is cut or damaged; the reason says where.
     Damaged(String),
 }
 
-/// Decodes the text SSM returned as the invocation's standard output.
-pub fn decode(text: &str, nonce: &str) -> Decoded {
+/// Decodes the text SSM returned as the invocation's standard output,
+/// never decompressing more than `limit` bytes in all (a hostile host can
+/// send a gzip bomb).
+pub fn decode(text: &str, nonce: &str, limit: u64) -> Decoded {
     let mut lines = text.lines();
     let Some(header) = lines.find(|l| l.starts_with("DIFFY-SSM ")) else {
         return Decoded::Damaged("no DIFFY-SSM header in the output".into());
@@ -98,25 +107,36 @@ pub fn decode(text: &str, nonce: &str) -> Decoded {
     if end != "DIFFY-SSM END" {
         return Decoded::Damaged(format!("the output ends early ({} characters): no end line", text.len()));
     }
-    let stdout = match unpack(o, olen) {
+    let (stdout, cut_out) = match unpack(o, olen, limit) {
         Ok(b) => b,
         Err(why) => return Decoded::Damaged(format!("stdout block: {why}")),
     };
-    let stderr = match unpack(e, elen) {
+    let (stderr, cut_err) = match unpack(e, elen, limit - stdout.len() as u64) {
         Ok(b) => b,
         Err(why) => return Decoded::Damaged(format!("stderr block: {why}")),
     };
+    if cut_out || cut_err {
+        return Decoded::OverLimit { stdout, stderr };
+    }
     Decoded::Whole { code, stdout, stderr }
 }
 
-fn unpack(block: &str, len: usize) -> Result<Bytes, String> {
+/// Decodes one block, keeping at most `limit` bytes; `true` when it was cut there.
+fn unpack(block: &str, len: usize, limit: u64) -> Result<(Bytes, bool), String> {
     let gz = STANDARD.decode(block.trim()).map_err(|e| format!("not base64 ({e})"))?;
-    let mut out = Vec::with_capacity(len);
-    GzDecoder::new(gz.as_slice()).read_to_end(&mut out).map_err(|e| format!("not whole gzip ({e})"))?;
+    let mut out = Vec::with_capacity(len.min(limit as usize));
+    GzDecoder::new(gz.as_slice())
+        .take(limit.saturating_add(1))
+        .read_to_end(&mut out)
+        .map_err(|e| format!("not whole gzip ({e})"))?;
+    if out.len() as u64 > limit {
+        out.truncate(limit as usize);
+        return Ok((Bytes::from(out), true));
+    }
     if out.len() != len {
         return Err(format!("{} bytes where the host counted {len}", out.len()));
     }
-    Ok(Bytes::from(out))
+    Ok((Bytes::from(out), false))
 }
 
 #[cfg(test)]
@@ -133,7 +153,7 @@ mod tests {
     fn a_script_round_trips_byte_for_byte() {
         let script = "printf 'caf\\351\\000x\\n'; echo err >&2; exit 3\n";
         let text = run(&wrap(script, "n0nce", "test"));
-        match decode(&text, "n0nce") {
+        match decode(&text, "n0nce", u64::MAX) {
             Decoded::Whole { code, stdout, stderr } => {
                 assert_eq!(code, 3);
                 assert_eq!(&stdout[..], b"caf\xe9\x00x\n");
@@ -147,13 +167,26 @@ mod tests {
     fn cut_output_is_damaged_never_whole() {
         let script = "head -c 200000 /dev/urandom | od -An -tx1\n";
         let text = run(&wrap(script, "abc", "test"));
-        assert!(matches!(decode(&text, "abc"), Decoded::Whole { .. }));
+        assert!(matches!(decode(&text, "abc", u64::MAX), Decoded::Whole { .. }));
         for cut in [10, 100, text.len() / 2, text.len() - 20] {
-            let d = decode(&text[..cut], "abc");
+            let d = decode(&text[..cut], "abc", u64::MAX);
             assert!(matches!(d, Decoded::Damaged(_)), "cut at {cut}: {d:?}");
         }
-        assert!(matches!(decode(&text, "other"), Decoded::Damaged(_)));
-        assert!(matches!(decode("garbage\n", "abc"), Decoded::Damaged(_)));
+        assert!(matches!(decode(&text, "other", u64::MAX), Decoded::Damaged(_)));
+        assert!(matches!(decode("garbage\n", "abc", u64::MAX), Decoded::Damaged(_)));
+    }
+
+    #[test]
+    fn a_gzip_bomb_stops_at_the_limit() {
+        let text = run(&wrap("head -c 50000000 /dev/zero\n", "z", "test"));
+        assert!(text.len() < 100_000, "50 MB of zeros compress to {} characters", text.len());
+        match decode(&text, "z", 1 << 20) {
+            Decoded::OverLimit { stdout, stderr } => {
+                assert_eq!(stdout.len(), 1 << 20);
+                assert!(stderr.is_empty());
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -215,6 +215,16 @@ struct Flight {
     last: Option<(String, String)>,
 }
 
+impl Flight {
+    /// The host's result when its invocation ended without usable output.
+    fn failed(self, status: HostStatus, why: String, transport: BTreeMap<String, String>) -> HostResult {
+        let mut r = HostResult::failed(self.host, status, why, self.sent_at);
+        r.finished_at = Utc::now();
+        r.transport = transport;
+        r
+    }
+}
+
 struct Command {
     id: String,
     /// Hosts of this command still waiting for a final status.
@@ -389,6 +399,7 @@ impl Run {
                                 script: script.clone(),
                                 grace: o.visibility_grace,
                                 poll: o.poll_interval,
+                                max_output_bytes: options.max_output_bytes,
                             };
                             let slots = fetch_slots.clone();
                             fetches.spawn(async move {
@@ -399,10 +410,8 @@ impl Run {
                         Seen::Done(st, why) => {
                             let f = flights.remove(&instance).expect("present");
                             cmd.waiting -= 1;
-                            let mut r = HostResult::failed(f.host, st, why, f.sent_at);
-                            r.finished_at = Utc::now();
-                            r.transport = evidence(&cmd.id, &o.document, Some((&status, &details)), None);
-                            self.finish(r).await;
+                            let ev = evidence(&cmd.id, &o.document, Some((&status, &details)), None);
+                            self.finish(f.failed(st, why, ev)).await;
                         }
                     }
                 }
@@ -420,10 +429,8 @@ impl Run {
                     "SSM never listed an invocation for this instance within {}s of SendCommand",
                     o.visibility_grace.as_secs()
                 );
-                let mut r = HostResult::failed(f.host, HostStatus::TransportError, why, f.sent_at);
-                r.finished_at = Utc::now();
-                r.transport = evidence(&commands[f.command].id, &o.document, None, None);
-                self.finish(r).await;
+                let ev = evidence(&commands[f.command].id, &o.document, None, None);
+                self.finish(f.failed(HostStatus::TransportError, why, ev)).await;
             }
         }
         while fetches.join_next().await.is_some() {}
@@ -491,15 +498,12 @@ impl Run {
         for (_, f) in flights {
             let last =
                 f.last.as_ref().map_or("never listed by SSM".to_string(), |(s, d)| format!("last seen {s} ({d})"));
-            let mut r =
-                HostResult::failed(f.host, status, format!("{why}; {last}; the invocation was cancelled"), f.sent_at);
-            r.finished_at = Utc::now();
-            r.transport = evidence(&commands[f.command].id, &self.options.document, None, None);
-            if let Some((s, d)) = f.last {
-                r.transport.insert("ssm.status".into(), s);
-                r.transport.insert("ssm.status_details".into(), d);
+            let mut ev = evidence(&commands[f.command].id, &self.options.document, None, None);
+            if let Some((s, d)) = f.last.clone() {
+                ev.insert("ssm.status".into(), s);
+                ev.insert("ssm.status_details".into(), d);
             }
-            self.finish(r).await;
+            self.finish(f.failed(status, format!("{why}; {last}; the invocation was cancelled"), ev)).await;
         }
         for host in queue {
             self.finish(HostResult::failed(host, status, format!("{why} before this host was sent"), Utc::now())).await;
@@ -517,6 +521,7 @@ struct Fetch {
     script: Arc<diffy_core::script::Script>,
     grace: Duration,
     poll: Duration,
+    max_output_bytes: u64,
 }
 
 impl Fetch {
@@ -536,10 +541,8 @@ impl Fetch {
         };
         let result = match out {
             Err(why) => {
-                let mut r = HostResult::failed(f.host, HostStatus::TransportError, why, f.sent_at);
-                r.finished_at = Utc::now();
-                r.transport = evidence(&self.command_id, &self.document, None, None);
-                r
+                let ev = evidence(&self.command_id, &self.document, None, None);
+                f.failed(HostStatus::TransportError, why, ev)
             }
             Ok(out) => {
                 let status = out.status().cloned().unwrap_or(CommandInvocationStatus::from("unknown"));
@@ -550,9 +553,12 @@ impl Fetch {
                 let mut transport = evidence(&self.command_id, &self.document, Some((&status, &details)), Some(code));
                 transport.insert("ssm.output_chars".into(), text.chars().count().to_string());
                 let timed_out = details == "Execution Timed Out" || status == CommandInvocationStatus::TimedOut;
-                let (stdout, stderr, end) = match envelope::decode(&text, self.script.nonce()) {
+                let (stdout, stderr, end) = match envelope::decode(&text, self.script.nonce(), self.max_output_bytes) {
                     Decoded::Whole { code, stdout, stderr } => {
                         (stdout, stderr, if timed_out { ExecEnd::TimedOut } else { ExecEnd::Exited(code) })
+                    }
+                    Decoded::OverLimit { stdout, stderr } => {
+                        (stdout, stderr, ExecEnd::OutputLimit(self.max_output_bytes))
                     }
                     Decoded::Fatal(why) => (
                         Bytes::from(text),

@@ -77,6 +77,17 @@ async fn collect(
         .await
 }
 
+/// The collection conformance suite every transport runs, over SSM: each
+/// instance's commands run on this machine through the endpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn conformance_over_ssm() {
+    let endpoint = SsmEndpoint::start(EndpointOptions::default()).await.unwrap();
+    let t = SsmTransport::new(client(&endpoint.url()), SsmOptions::default().poll_interval(Duration::from_millis(300)));
+    let hosts: Vec<Host> = (1..=3).map(|i| Host::named(&instance(i)).unwrap()).collect();
+    diffy_testkit::conformance::collection(&t, &hosts, diffy_testkit::conformance::CollectionCaps::default()).await;
+    assert_eq!(endpoint.unfinished(), 0, "nothing is left running");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_hundred_twenty_instances_take_three_sends_and_one_fetch_each_under_throttling() {
     let endpoint = SsmEndpoint::start(EndpointOptions {
