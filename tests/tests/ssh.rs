@@ -224,7 +224,7 @@ fn sudo_asking_for_a_password_is_auth_failed() {
     for (i, rule) in [(1, "ops ALL=(ALL) NOPASSWD: ALL"), (2, "ops ALL=(ALL) ALL")] {
         let out = fleet.exec(
             fleet.host(i),
-            &format!("useradd -m -s /bin/sh ops && mkdir -p ~ops/.ssh && cp /root/.ssh/authorized_keys ~ops/.ssh/ && chown -R ops ~ops/.ssh && echo '{rule}' > /etc/sudoers.d/ops && chmod 440 /etc/sudoers.d/ops"),
+            &format!("useradd -m -p '*' -s /bin/sh ops && mkdir -p ~ops/.ssh && cp /root/.ssh/authorized_keys ~ops/.ssh/ && chown -R ops ~ops/.ssh && echo '{rule}' > /etc/sudoers.d/ops && chmod 440 /etc/sudoers.d/ops"),
         );
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
