@@ -69,7 +69,7 @@ pub enum Command {
 #[derive(Debug, Args, Clone, Default)]
 #[command(next_help_heading = "Target")]
 pub struct TargetArgs {
-    /// Target plugin: static, or ssh-config [default: static].
+    /// Target plugin: static, ssh-config, or asg [default: static].
     #[arg(long, env = "DIFFY_TARGET", value_name = "NAME")]
     pub target: Option<String>,
 
@@ -80,6 +80,43 @@ pub struct TargetArgs {
     /// A file of hosts, one per line: `ID [ADDRESS] [LABEL=VALUE ...]`.
     #[arg(long = "hosts", env = "DIFFY_HOSTS", value_name = "FILE")]
     pub hosts_file: Option<PathBuf>,
+
+    /// Auto Scaling group to target (repeatable; --target asg). Default: the target key.
+    #[arg(long = "asg", value_name = "NAME")]
+    pub asg: Vec<String>,
+
+    /// EC2 tag filter KEY=VALUE[,VALUE...] (repeatable, all must match; --target asg).
+    #[arg(long = "tag", value_name = "KEY=VALUE")]
+    pub tags: Vec<String>,
+
+    /// EC2 instance id to target (repeatable; --target asg).
+    #[arg(long = "instance-id", value_name = "ID")]
+    pub instance_ids: Vec<String>,
+
+    #[command(flatten)]
+    pub aws: AwsArgs,
+}
+
+/// Where AWS plugins look (the asg target, the ssm transport, the s3 store).
+/// Credentials come from the standard AWS chain; AWS_ENDPOINT_URL is honoured.
+#[derive(Debug, Args, Clone, Default)]
+#[command(next_help_heading = "AWS (--target asg, --transport ssm, --store s3://)")]
+pub struct AwsArgs {
+    /// Region to look in (repeatable). Default: AWS_REGION or the profile's region.
+    #[arg(long = "region", value_name = "REGION")]
+    pub regions: Vec<String>,
+
+    /// Account to look in, assuming --role-name there (repeatable).
+    #[arg(long = "account", value_name = "ID")]
+    pub accounts: Vec<String>,
+
+    /// Inventory of accounts: one per line, ID [name=NAME] [regions=R1,R2] [role=ROLE].
+    #[arg(long = "accounts", env = "DIFFY_ACCOUNTS", value_name = "FILE")]
+    pub accounts_file: Option<PathBuf>,
+
+    /// Role assumed in each account. Default DiffyTriage.
+    #[arg(long, env = "DIFFY_ROLE_NAME", value_name = "NAME")]
+    pub role_name: Option<String>,
 }
 
 /// How to reach them.

@@ -138,10 +138,20 @@ pub(crate) fn collecting_engine(
     let hosts_file: Option<PathBuf> = t.hosts_file.clone().or_else(|| d.hosts.as_ref().map(|h| c.config.path(h)));
     let ssh = ssh_settings(c, &tr.ssh);
     let incident = r.incident_id.clone().or_else(|| d.incident_id.clone());
-    let collection = registry::transport(&transport_name, &ssh, incident.as_deref())?;
-    let target = registry::target(&target_name, hosts, hosts_file.as_deref(), &transport_name, &ssh)?;
+    let aws = registry::AwsCell::new(registry::AwsSettings {
+        regions: t.aws.regions.clone(),
+        accounts: t.aws.accounts.clone(),
+        accounts_file: t.aws.accounts_file.clone(),
+        role_name: t.aws.role_name.clone(),
+        incident: incident.clone(),
+        groups: t.asg.clone(),
+        tags: t.tags.clone(),
+        instance_ids: t.instance_ids.clone(),
+    });
+    let collection = registry::transport(&transport_name, &ssh, incident.as_deref(), &aws)?;
+    let target = registry::target(&target_name, hosts, hosts_file.as_deref(), &transport_name, &ssh, &aws)?;
     let payload = registry::payload(&payload_name, &c.config)?;
-    let store = registry::store(&c.store)?;
+    let store = registry::store(&c.store, &aws)?;
     let options = collect_options(c, tr, collection.default_concurrency())?;
     Ok(Engine::builder()
         .target_arc(target)
@@ -250,7 +260,7 @@ async fn baseline(c: &Common, a: &BaselineArgs) -> CliResult<u8> {
 }
 
 async fn runs(c: &Common, a: &RunsArgs) -> CliResult<u8> {
-    let store = registry::store(&c.store)?;
+    let store = registry::store(&c.store, &registry::AwsCell::default())?;
     let target = a.key.as_deref().map(key).transpose()?;
     let manifests = store.list_runs(target.as_ref()).await?;
     let mut baselines = std::collections::BTreeMap::new();

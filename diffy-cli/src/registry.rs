@@ -44,6 +44,13 @@ pub const PLUGINS: &[PluginInfo] = &[
         about: "hosts from the Host entries of --ssh-config FILE",
     },
     PluginInfo {
+        kind: "target",
+        name: "asg",
+        feature: "target-asg",
+        compiled: cfg!(feature = "target-asg"),
+        about: "AWS Auto Scaling groups (InService instances), --tag filters, --instance-id; many accounts via assume-role",
+    },
+    PluginInfo {
         kind: "transport",
         name: "local",
         feature: "transport-local",
@@ -91,6 +98,13 @@ pub const PLUGINS: &[PluginInfo] = &[
         feature: "store-fs",
         compiled: cfg!(feature = "store-fs"),
         about: "runs and raw evidence in a local directory (--store DIR)",
+    },
+    PluginInfo {
+        kind: "store",
+        name: "s3",
+        feature: "store-s3",
+        compiled: cfg!(feature = "store-s3"),
+        about: "runs and raw evidence on S3 (--store s3://BUCKET/PREFIX), conditional writes, verified reads",
     },
     PluginInfo {
         kind: "analysis",
@@ -144,6 +158,82 @@ pub struct SshSettings {
     pub sudo: bool,
 }
 
+/// What the AWS plugins are told by flags and the environment.
+#[derive(Clone, Debug, Default)]
+pub struct AwsSettings {
+    /// Regions.
+    pub regions: Vec<String>,
+    /// Account ids.
+    pub accounts: Vec<String>,
+    /// Account inventory file.
+    pub accounts_file: Option<PathBuf>,
+    /// Role assumed in each account.
+    pub role_name: Option<String>,
+    /// The incident id, for the assumed-role session name.
+    pub incident: Option<String>,
+    /// Auto Scaling groups.
+    pub groups: Vec<String>,
+    /// Tag filters.
+    pub tags: Vec<String>,
+    /// Instance ids.
+    pub instance_ids: Vec<String>,
+}
+
+/// The AWS context, loaded once on first use and shared by target,
+/// transport and store.
+#[derive(Debug, Default)]
+pub struct AwsCell {
+    settings: AwsSettings,
+    #[cfg(any(feature = "target-asg", feature = "transport-ssm", feature = "store-s3"))]
+    cell: std::sync::OnceLock<diffy_aws::AwsContext>,
+}
+
+impl AwsCell {
+    /// A cell for these settings.
+    pub fn new(settings: AwsSettings) -> Self {
+        Self {
+            settings,
+            #[cfg(any(feature = "target-asg", feature = "transport-ssm", feature = "store-s3"))]
+            cell: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &AwsSettings {
+        &self.settings
+    }
+
+    /// The context: the standard credential chain, the accounts and regions.
+    #[cfg(any(feature = "target-asg", feature = "transport-ssm", feature = "store-s3"))]
+    pub fn get(&self) -> CliResult<diffy_aws::AwsContext> {
+        if let Some(c) = self.cell.get() {
+            return Ok(c.clone());
+        }
+        let s = &self.settings;
+        let mut accounts = Vec::new();
+        if let Some(f) = &s.accounts_file {
+            accounts.extend(diffy_aws::read_inventory(f)?);
+        }
+        for a in &s.accounts {
+            if !accounts.iter().any(|x: &diffy_aws::Account| &x.id == a) {
+                accounts.push(diffy_aws::Account::new(a.clone())?);
+            }
+        }
+        let mut o = diffy_aws::AwsOptions::default().accounts(accounts).regions(s.regions.clone());
+        if let Some(r) = &s.role_name {
+            o = o.role_name(r);
+        }
+        if let Some(i) = &s.incident {
+            o = o.session_name(format!("diffy-{i}"));
+        }
+        // Loading the AWS configuration is async (profiles, SSO, IMDS).
+        let ctx = tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(diffy_aws::AwsContext::from_env(o))
+        })?;
+        Ok(self.cell.get_or_init(|| ctx).clone())
+    }
+}
+
 /// Parses `ID[=ADDRESS]`.
 pub fn parse_host(s: &str) -> CliResult<Host> {
     let (id, address) = match s.split_once('=') {
@@ -171,6 +261,7 @@ pub fn target(
     hosts_file: Option<&Path>,
     transport: &str,
     ssh: &SshSettings,
+    aws: &AwsCell,
 ) -> CliResult<Arc<dyn Target>> {
     lookup(PLUGINS, "target", name)?;
     #[cfg(feature = "target-static")]
@@ -207,12 +298,31 @@ pub fn target(
         }
         return Ok(Arc::new(t));
     }
-    let _ = (hosts, hosts_file, transport, ssh);
+    #[cfg(feature = "target-asg")]
+    if name == "asg" {
+        use diffy_target_asg::{AsgTarget, Selector};
+        let s = aws.settings();
+        let mut selectors: Vec<Selector> = s.groups.iter().map(|g| Selector::Group(g.clone())).collect();
+        for t in &s.tags {
+            selectors.push(Selector::tag(t)?);
+        }
+        let ids: Vec<String> = s.instance_ids.iter().cloned().chain(hosts.iter().map(|h| h.id.to_string())).collect();
+        if !ids.is_empty() {
+            selectors.push(Selector::instances(ids)?);
+        }
+        return Ok(Arc::new(AsgTarget::new(aws.get()?, selectors)));
+    }
+    let _ = (hosts, hosts_file, transport, ssh, aws);
     Err(not_built("target", name))
 }
 
 /// Builds the transport.
-pub fn transport(name: &str, ssh: &SshSettings, incident: Option<&str>) -> CliResult<Arc<dyn Collection>> {
+pub fn transport(
+    name: &str,
+    ssh: &SshSettings,
+    incident: Option<&str>,
+    aws: &AwsCell,
+) -> CliResult<Arc<dyn Collection>> {
     lookup(PLUGINS, "transport", name)?;
     #[cfg(feature = "transport-local")]
     if name == "local" {
@@ -255,11 +365,9 @@ pub fn transport(name: &str, ssh: &SshSettings, incident: Option<&str>) -> CliRe
             None => "diffy (read-only triage queries)".to_string(),
         };
         let o = SsmOptions::default().comment(comment);
-        // Loading the AWS configuration is async (profiles, SSO, IMDS).
-        let t = tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(SsmTransport::from_env(o)));
-        return Ok(Arc::new(t));
+        return Ok(Arc::new(SsmTransport::with_context(aws.get()?, o)));
     }
-    let _ = (ssh, incident);
+    let _ = (ssh, incident, aws);
     Err(not_built("transport", name))
 }
 
@@ -319,11 +427,23 @@ pub fn payload(name: &str, config: &Config) -> CliResult<Arc<dyn Payload>> {
 }
 
 /// Opens the store.
-pub fn store(location: &str) -> CliResult<Arc<dyn Persistence>> {
+pub fn store(location: &str, aws: &AwsCell) -> CliResult<Arc<dyn Persistence>> {
+    if location.starts_with("s3://") {
+        lookup(PLUGINS, "store", "s3")?;
+        #[cfg(feature = "store-s3")]
+        {
+            let ctx = aws.get()?;
+            let s = tokio::task::block_in_place(|| {
+                tokio::runtime::Handle::current().block_on(diffy_store_object::BlobStore::s3(location, &ctx))
+            })?;
+            return Ok(Arc::new(s));
+        }
+    }
+    let _ = aws;
     if let Some((scheme, _)) = location.split_once("://") {
         return Err(CliError::new(
             format!("no store for {scheme}:// locations in this build"),
-            "use a local directory, e.g. --store ./diffy-store",
+            "use a local directory (--store ./diffy-store) or S3 (--store s3://BUCKET/PREFIX)",
         ));
     }
     lookup(PLUGINS, "store", "fs")?;

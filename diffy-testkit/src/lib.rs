@@ -6,4 +6,5 @@
 
 pub mod conformance;
 pub mod fleet;
+pub mod moto;
 pub mod ssm_endpoint;

@@ -40,6 +40,7 @@ use aws_sdk_ssm::error::ProvideErrorMetadata;
 use aws_sdk_ssm::types::CommandInvocationStatus;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use diffy_aws::{AwsContext, Scope};
 use diffy_core::script::{ExecEnd, Execution, assemble};
 use diffy_core::{CollectEvent, CollectRequest, Collection, Host, HostResult, HostStatus, PayloadSpec};
 use futures::StreamExt;
@@ -141,15 +142,33 @@ impl SsmOptions {
 /// The SSM Run Command transport. See the crate documentation.
 #[derive(Clone, Debug)]
 pub struct SsmTransport {
-    client: Client,
+    clients: Clients,
     options: Arc<SsmOptions>,
+}
+
+/// Where the SSM clients come from.
+#[derive(Clone, Debug)]
+enum Clients {
+    /// One client for every host.
+    One(Client),
+    /// A client per account and region, from the hosts' `account` and
+    /// `region` labels.
+    Scoped(Box<AwsContext>),
 }
 
 impl SsmTransport {
     /// A transport over `client` (configured by the caller: region,
     /// credentials, retry).
     pub fn new(client: Client, options: SsmOptions) -> Self {
-        Self { client, options: Arc::new(options) }
+        Self { clients: Clients::One(client), options: Arc::new(options) }
+    }
+
+    /// A transport that reaches each host in its own account and region (the
+    /// host's `account` and `region` labels, as the `asg` target sets them),
+    /// assuming the context's role in each account of its inventory.
+    /// Commands are batched per account and region.
+    pub fn with_context(ctx: AwsContext, options: SsmOptions) -> Self {
+        Self { clients: Clients::Scoped(Box::new(ctx)), options: Arc::new(options) }
     }
 
     /// A transport with credentials and region from the standard AWS chain
@@ -159,12 +178,7 @@ impl SsmTransport {
     /// that throttling slows the run down instead of failing hosts.
     pub async fn from_env(options: SsmOptions) -> Self {
         let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .retry_config(
-                aws_config::retry::RetryConfig::adaptive()
-                    .with_max_attempts(10)
-                    .with_initial_backoff(Duration::from_millis(200))
-                    .with_max_backoff(Duration::from_secs(10)),
-            )
+            .retry_config(diffy_aws::retry_config(10))
             .load()
             .await;
         Self::new(Client::new(&config), options)
@@ -193,7 +207,7 @@ impl Collection for SsmTransport {
 
     fn collect(&self, request: CollectRequest) -> BoxStream<'static, CollectEvent> {
         let (tx, rx) = mpsc::channel::<CollectEvent>(1024);
-        let run = Run { client: self.client.clone(), options: self.options.clone(), tx };
+        let run = Run { clients: self.clients.clone(), cache: Default::default(), options: self.options.clone(), tx };
         tokio::spawn(run.go(request));
         futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (e, rx)) }).boxed()
     }
@@ -201,7 +215,8 @@ impl Collection for SsmTransport {
 
 /// One collection in progress.
 struct Run {
-    client: Client,
+    clients: Clients,
+    cache: tokio::sync::Mutex<HashMap<Scope, Client>>,
     options: Arc<SsmOptions>,
     tx: mpsc::Sender<CollectEvent>,
 }
@@ -227,6 +242,7 @@ impl Flight {
 
 struct Command {
     id: String,
+    client: Client,
     /// Hosts of this command still waiting for a final status.
     waiting: usize,
 }
@@ -287,6 +303,30 @@ fn classify(status: &CommandInvocationStatus, details: &str) -> Seen {
 }
 
 impl Run {
+    /// The scope a host is reached in (`None` with a single client).
+    fn scope(&self, host: &Host) -> Option<Scope> {
+        match &self.clients {
+            Clients::One(_) => None,
+            Clients::Scoped(ctx) => Some(ctx.scope_of(&host.labels)),
+        }
+    }
+
+    async fn client(&self, scope: Option<&Scope>) -> Client {
+        match (&self.clients, scope) {
+            (Clients::One(c), _) => c.clone(),
+            (Clients::Scoped(ctx), scope) => {
+                let scope = scope.cloned().unwrap_or_else(|| ctx.scope_of(&BTreeMap::new()));
+                let mut cache = self.cache.lock().await;
+                if let Some(c) = cache.get(&scope) {
+                    return c.clone();
+                }
+                let c = Client::new(&ctx.config(&scope).await);
+                cache.insert(scope, c.clone());
+                c
+            }
+        }
+    }
+
     async fn go(self, request: CollectRequest) {
         let CollectRequest { hosts, spec, script, options, cancel } = request;
         let o = self.options.clone();
@@ -300,7 +340,7 @@ impl Run {
         let mut queue = VecDeque::new();
         for host in hosts {
             if is_instance_id(host.address()) {
-                queue.push_back(host);
+                queue.push_back((self.scope(&host), host));
             } else {
                 let why = format!(
                     "{:?} is not an EC2 instance id (i-…) or managed node id (mi-…); the ssm transport needs one \
@@ -311,6 +351,8 @@ impl Run {
             }
         }
 
+        // A command goes to one account and region: keep each scope's hosts together.
+        queue.make_contiguous().sort_by(|a, b| a.0.cmp(&b.0));
         let mut commands: Vec<Command> = Vec::new();
         let mut flights: HashMap<String, Flight> = HashMap::new();
         let mut fetches: JoinSet<()> = JoinSet::new();
@@ -322,16 +364,19 @@ impl Run {
             while !queue.is_empty() && !cancel.is_cancelled() && flights.len() + fetching < concurrency {
                 let batch = o.batch.clamp(1, MAX_IDS_PER_SEND);
                 let room = (concurrency - flights.len() - fetching).min(batch);
+                let scope = queue.front().map(|(s, _)| s.clone()).expect("not empty");
+                let same = queue.iter().take_while(|(s, _)| *s == scope).count();
                 // Whole batches only (fewer calls), unless fewer hosts are left.
-                if room < batch.min(concurrency).min(queue.len()) {
+                if room < batch.min(concurrency).min(same) {
                     break;
                 }
-                let chunk: Vec<Host> = (0..room).filter_map(|_| queue.pop_front()).collect();
+                let chunk: Vec<Host> = (0..room.min(same)).filter_map(|_| queue.pop_front().map(|(_, h)| h)).collect();
                 let sent_at = Utc::now();
-                match self.send(&chunk, &commands_text, exec_timeout).await {
+                let client = self.client(scope.as_ref()).await;
+                match self.send(&client, &chunk, &commands_text, exec_timeout).await {
                     Ok(id) => {
-                        tracing::debug!(command = %id, instances = chunk.len(), "sent");
-                        commands.push(Command { id, waiting: chunk.len() });
+                        tracing::debug!(command = %id, instances = chunk.len(), scope = ?scope, "sent");
+                        commands.push(Command { id, client, waiting: chunk.len() });
                         for host in chunk {
                             let _ = self.tx.send(CollectEvent::Started(host.id.clone())).await;
                             let key = host.address().to_string();
@@ -373,7 +418,7 @@ impl Run {
                 if cmd.waiting == 0 {
                     continue;
                 }
-                let listed = match self.list(&cmd.id).await {
+                let listed = match self.list(&cmd.client, &cmd.id).await {
                     Ok(l) => l,
                     Err(why) => {
                         // Retries are exhausted; try again next round, until the deadline.
@@ -391,7 +436,7 @@ impl Run {
                             cmd.waiting -= 1;
                             fetching += 1;
                             let job = Fetch {
-                                client: self.client.clone(),
+                                client: cmd.client.clone(),
                                 tx: self.tx.clone(),
                                 command_id: cmd.id.clone(),
                                 document: o.document.clone(),
@@ -440,10 +485,15 @@ impl Run {
         let _ = self.tx.send(CollectEvent::Finished(Box::new(r))).await;
     }
 
-    async fn send(&self, chunk: &[Host], commands: &[String], exec_timeout: u64) -> Result<String, String> {
+    async fn send(
+        &self,
+        client: &Client,
+        chunk: &[Host],
+        commands: &[String],
+        exec_timeout: u64,
+    ) -> Result<String, String> {
         let o = &self.options;
-        let mut req = self
-            .client
+        let mut req = client
             .send_command()
             .document_name(&o.document)
             .set_instance_ids(Some(chunk.iter().map(|h| h.address().to_string()).collect()))
@@ -462,9 +512,13 @@ impl Run {
             .ok_or_else(|| "SendCommand returned no command id".to_string())
     }
 
-    async fn list(&self, command_id: &str) -> Result<Vec<(String, CommandInvocationStatus, String)>, String> {
+    async fn list(
+        &self,
+        client: &Client,
+        command_id: &str,
+    ) -> Result<Vec<(String, CommandInvocationStatus, String)>, String> {
         let mut pages =
-            self.client.list_command_invocations().command_id(command_id).max_results(50).into_paginator().send();
+            client.list_command_invocations().command_id(command_id).max_results(50).into_paginator().send();
         let mut all = Vec::new();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| describe(&e))?;
@@ -480,7 +534,7 @@ impl Run {
         &self,
         commands: &[Command],
         flights: HashMap<String, Flight>,
-        queue: VecDeque<Host>,
+        queue: VecDeque<(Option<Scope>, Host)>,
         status: HostStatus,
         why: &str,
     ) {
@@ -490,7 +544,13 @@ impl Run {
             by_command.entry(f.command).or_default().push(k.clone());
         }
         for (ci, ids) in by_command {
-            let r = self.client.cancel_command().command_id(&commands[ci].id).set_instance_ids(Some(ids)).send().await;
+            let r = commands[ci]
+                .client
+                .cancel_command()
+                .command_id(&commands[ci].id)
+                .set_instance_ids(Some(ids))
+                .send()
+                .await;
             if let Err(e) = r {
                 tracing::warn!(command = %commands[ci].id, "CancelCommand failed: {}", describe(&e));
             }
@@ -505,7 +565,7 @@ impl Run {
             }
             self.finish(f.failed(status, format!("{why}; {last}; the invocation was cancelled"), ev)).await;
         }
-        for host in queue {
+        for (_, host) in queue {
             self.finish(HostResult::failed(host, status, format!("{why} before this host was sent"), Utc::now())).await;
         }
     }

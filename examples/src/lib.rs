@@ -88,3 +88,30 @@ pub async fn triage(
     let options = AnalyzeOptions::default().methods(vec![Method::Cluster]);
     engine.analyze(&key, &RunOptions::default(), &options, sink, CancellationToken::new()).await
 }
+
+/// The AWS composition: the instances of an Auto Scaling group (`asg`
+/// target, accounts and regions from `aws`), the payload run on them through
+/// SSM Run Command (`ssm` transport, commands tagged with `incident`), the
+/// evidence kept on S3 (`store` is `s3://BUCKET/PREFIX`), and a cluster
+/// analysis of the run.
+pub async fn asg_triage(
+    aws: diffy_aws::AwsContext,
+    group: &str,
+    store: &str,
+    incident: &str,
+    payload: impl Payload + 'static,
+    sink: &dyn EventSink,
+) -> Result<Report> {
+    use diffy_transport_ssm::{SsmOptions, SsmTransport};
+    let engine = Engine::builder()
+        .target(diffy_target_asg::AsgTarget::new(aws.clone(), Vec::new()))
+        .collection(SsmTransport::with_context(aws.clone(), SsmOptions::default().comment(format!("diffy {incident}"))))
+        .payload(payload)
+        .store(diffy_store_object::BlobStore::s3(store, &aws).await?)
+        .analysis(Analyzer::new())
+        .build()?;
+    let key = TargetKey::new(group)?;
+    let options = AnalyzeOptions::default().methods(vec![Method::Cluster]);
+    let run = RunOptions::default().incident_id(incident);
+    engine.analyze(&key, &run, &options, sink, CancellationToken::new()).await
+}

@@ -57,7 +57,9 @@ fn unusable_arguments_exit_2_and_say_what_to_do() {
         (&["analyze", "--import", "no-such-dir"], "no-such-dir is not a directory", "hosts/<host>.json"),
         (&["analyze", "--from", "20990101T000000Z-abcdef"], "run \"20990101T000000Z-abcdef\" not found", "diffy runs"),
         (&["analyze", "web", "--transport", "local", "--host", "a/b"], "invalid host id", ""),
-        (&["collect", "web", "--store", "s3://bucket/prefix"], "no store for s3:// locations", "local directory"),
+        (&["collect", "web", "--store", "gs://bucket/prefix"], "no store for gs:// locations", "s3://BUCKET/PREFIX"),
+        (&["collect", "web", "--store", "s3://bucket/prefix"], "no AWS region is configured", "AWS_REGION"),
+        (&["collect", "web", "--target", "asg", "--tag", "Service"], "\"Service\" is not a tag filter", "KEY=VALUE"),
         (&["analyze", "web", "--threshold=0"], "threshold 0 is unusable", "above 0"),
     ];
     for (args, msg, help) in cases {

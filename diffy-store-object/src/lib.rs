@@ -1,0 +1,543 @@
+//! # diffy-store-object
+//!
+//! Diffy's evidence store on object storage: S3 (`--store s3://bucket/prefix`)
+//! for teams and for runs that outgrow one laptop, or any other
+//! [`object_store`] backend (local disk and memory included, which is how the
+//! same code is tested without a network).
+//!
+//! # Layout
+//!
+//! ```text
+//! PREFIX/DIFFY-STORE                        marker: "diffy evidence store, format 1"
+//! PREFIX/runs/RUN/run.json                  the run's manifest (RunManifest)
+//! PREFIX/runs/RUN/results/HOST.json         one host's metadata (HostRecord)
+//! PREFIX/runs/RUN/blobs/SHA256              raw output blocks, by content
+//! PREFIX/baselines/TARGET.json              the target's baseline (BaselineRecord)
+//! ```
+//!
+//! # How the contract is kept
+//!
+//! - **Never overwritten silently**: manifests, host records and create-only
+//!   baselines are written with a conditional put (`If-None-Match: *` on S3),
+//!   so two writers can never both succeed.
+//! - **Whole or not at all**: a host's raw blocks are written first, under
+//!   their SHA-256 (writing one again writes the same bytes), and its record
+//!   last; a host exists once its record does, and its record names only
+//!   blocks that are already there. Identical output of many hosts is kept
+//!   once per run.
+//! - **Verified on read**: every block's size and SHA-256 is checked against
+//!   the record; a mismatch or a missing block is `Corrupt`.
+//! - **Safe names**: ids were validated when made; each is one key segment,
+//!   percent-encoded where S3 advises against a character.
+#![deny(missing_docs)]
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
+use bytes::Bytes;
+use diffy_core::names::validate_component;
+use diffy_core::persistence::{BaselineWrite, Persistence};
+use diffy_core::result::{HostRecord, HostResult, RawPart};
+use diffy_core::run::{BaselineRecord, RunManifest};
+use diffy_core::{Error, HostId, Result, RunId, TargetKey};
+use futures::{StreamExt, TryStreamExt};
+use object_store::aws::{AmazonS3Builder, AwsCredential};
+use object_store::path::{Path, PathPart};
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+
+const MARKER: &str = "DIFFY-STORE";
+const MARKER_TEXT: &str = "diffy evidence store, format 1\n";
+/// Blocks uploaded or downloaded at once for one host.
+const BLOB_CONCURRENCY: usize = 8;
+
+/// Runs and evidence in an object store. See the crate documentation.
+#[derive(Clone, Debug)]
+pub struct BlobStore {
+    store: Arc<dyn ObjectStore>,
+    prefix: Path,
+    kind: &'static str,
+    location: String,
+}
+
+fn store_error(kind: &'static str, action: &str, key: &Path, e: object_store::Error) -> Error {
+    Error::Plugin {
+        plugin: format!("{kind} store"),
+        message: format!("cannot {action} {key}: {e}"),
+        help: match &e {
+            object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. } => Some(
+                "check your AWS credentials and that they may s3:GetObject, s3:PutObject and s3:ListBucket on the store"
+                    .into(),
+            ),
+            _ => None,
+        },
+        source: Some(Box::new(e)),
+    }
+}
+
+fn part(s: &str) -> PathPart<'static> {
+    PathPart::from(s.to_string())
+}
+
+fn decode(p: &str) -> String {
+    percent_encoding::percent_decode_str(p).decode_utf8_lossy().into_owned()
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Bytes {
+    let mut v = serde_json::to_vec_pretty(value).expect("store records serialise");
+    v.push(b'\n');
+    Bytes::from(v)
+}
+
+impl BlobStore {
+    /// A store under `prefix` of `store`. `kind` names it in messages (`s3`,
+    /// `memory`); `location` says where it is (`s3://bucket/prefix`). Refuses
+    /// a prefix that holds objects but is not a Diffy store, so evidence never
+    /// lands among unrelated objects.
+    pub async fn open(
+        store: Arc<dyn ObjectStore>,
+        prefix: &str,
+        kind: &'static str,
+        location: impl Into<String>,
+    ) -> Result<Self> {
+        let mut parts = Vec::new();
+        for p in prefix.split('/').filter(|p| !p.is_empty()) {
+            validate_component("store prefix segment", p)?;
+            parts.push(part(p));
+        }
+        let s = Self { store, prefix: Path::from_iter(parts), kind, location: location.into() };
+        let marker = s.key([MARKER]);
+        match s.store.head(&marker).await {
+            Ok(_) => return Ok(s),
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(store_error(kind, "read", &marker, e)),
+        }
+        let any = s.store.list(Some(&s.prefix)).next().await;
+        if let Some(first) = any {
+            let first = first.map_err(|e| store_error(kind, "list", &s.prefix, e))?;
+            return Err(Error::invalid_with_help(
+                format!("{} holds objects ({}) and is not a Diffy store", s.location, first.location),
+                "choose an empty or new prefix with --store",
+            ));
+        }
+        match s.put(&marker, Bytes::from_static(MARKER_TEXT.as_bytes()), true).await {
+            Ok(()) | Err(Error::AlreadyExists { .. }) => Ok(s),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A store at `s3://bucket[/prefix]`, with credentials from `aws`'s
+    /// standard chain (profiles, SSO, roles; refreshed before they expire)
+    /// and its region. `AWS_ENDPOINT_URL_S3`, or the context's endpoint
+    /// (`AWS_ENDPOINT_URL`), point it at another endpoint (path-style
+    /// requests, plain HTTP allowed there).
+    pub async fn s3(url: &str, aws: &diffy_aws::AwsContext) -> Result<Self> {
+        let Some(rest) = url.strip_prefix("s3://") else {
+            return Err(Error::invalid(format!("{url:?} is not an s3:// location")));
+        };
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() || !bucket.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b)) {
+            return Err(Error::invalid_with_help(
+                format!("{bucket:?} is not an S3 bucket name"),
+                "write --store s3://BUCKET/PREFIX",
+            ));
+        }
+        let region = aws.scopes().into_iter().next().map(|s| s.region).unwrap_or_else(|| "us-east-1".into());
+        let mut b = AmazonS3Builder::new().with_bucket_name(bucket).with_region(region);
+        if let Some(creds) = aws.base().credentials_provider() {
+            b = b.with_credentials(Arc::new(SdkCredentials::new(creds)));
+        }
+        let endpoint =
+            std::env::var("AWS_ENDPOINT_URL_S3").ok().or_else(|| aws.base().endpoint_url().map(str::to_string));
+        if let Some(e) = endpoint.filter(|e| !e.is_empty()) {
+            b = b.with_allow_http(e.starts_with("http://")).with_endpoint(e).with_virtual_hosted_style_request(false);
+        }
+        let store = b.build().map_err(|e| Error::Plugin {
+            plugin: "s3 store".into(),
+            message: format!("cannot open {url}: {e}"),
+            help: None,
+            source: Some(Box::new(e)),
+        })?;
+        Self::open(Arc::new(store), prefix, "s3", url.trim_end_matches('/')).await
+    }
+
+    fn key<'a>(&self, parts: impl IntoIterator<Item = &'a str>) -> Path {
+        let mut p = self.prefix.clone();
+        for s in parts {
+            p = p.join(part(s));
+        }
+        p
+    }
+
+    fn run_key(&self, run: &RunId) -> Result<Path> {
+        validate_component("run id", run.as_str())?;
+        Ok(self.key(["runs", run.as_str(), "run.json"]))
+    }
+
+    fn result_key(&self, run: &RunId, host: &HostId) -> Result<Path> {
+        validate_component("host id", host.as_str())?;
+        Ok(self.key(["runs", run.as_str(), "results", &format!("{}.json", host.as_str())]))
+    }
+
+    fn blob_key(&self, run: &RunId, sha: &str) -> Result<Path> {
+        if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Error::Corrupt {
+                plugin: "object store",
+                what: "host record".into(),
+                message: format!("{sha:?} is not a SHA-256"),
+            });
+        }
+        Ok(self.key(["runs", run.as_str(), "blobs", sha]))
+    }
+
+    fn baseline_key(&self, target: &TargetKey) -> Result<Path> {
+        validate_component("target key", target.as_str())?;
+        Ok(self.key(["baselines", &format!("{}.json", target.as_str())]))
+    }
+
+    async fn put(&self, key: &Path, bytes: Bytes, create_only: bool) -> Result<()> {
+        let opts = PutOptions {
+            mode: if create_only { PutMode::Create } else { PutMode::Overwrite },
+            ..PutOptions::default()
+        };
+        match self.store.put_opts(key, PutPayload::from(bytes), opts).await {
+            Ok(_) => Ok(()),
+            Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => {
+                Err(Error::AlreadyExists { what: "object", name: key.to_string(), help: None })
+            }
+            Err(e) => Err(store_error(self.kind, "write", key, e)),
+        }
+    }
+
+    /// `Ok(None)` when the object does not exist.
+    async fn get(&self, key: &Path) -> Result<Option<Bytes>> {
+        let r = match self.store.get(key).await {
+            Ok(r) => r,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(store_error(self.kind, "read", key, e)),
+        };
+        r.bytes().await.map(Some).map_err(|e| store_error(self.kind, "read", key, e))
+    }
+
+    async fn exists(&self, key: &Path) -> Result<bool> {
+        match self.store.head(key).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(store_error(self.kind, "read", key, e)),
+        }
+    }
+
+    async fn get_json<T: serde::de::DeserializeOwned>(&self, key: &Path, what: &str) -> Result<Option<T>> {
+        let Some(bytes) = self.get(key).await? else { return Ok(None) };
+        serde_json::from_slice(&bytes).map(Some).map_err(|e| Error::Corrupt {
+            plugin: "object store",
+            what: format!("{what} {key}"),
+            message: e.to_string(),
+        })
+    }
+
+    /// Names directly under `dir` whose key ends with `suffix`, decoded, sorted.
+    async fn names(&self, dir: &Path, suffix: &str) -> Result<Vec<String>> {
+        let listed =
+            self.store.list_with_delimiter(Some(dir)).await.map_err(|e| store_error(self.kind, "list", dir, e))?;
+        let mut out: Vec<String> = listed
+            .objects
+            .iter()
+            .filter_map(|o| o.location.filename())
+            .filter_map(|f| f.strip_suffix(suffix))
+            .map(decode)
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl Persistence for BlobStore {
+    fn name(&self) -> &str {
+        self.kind
+    }
+
+    fn location(&self) -> String {
+        self.location.clone()
+    }
+
+    async fn create_run(&self, run: &RunManifest) -> Result<()> {
+        let key = self.run_key(&run.id)?;
+        self.put(&key, to_json(run), true).await.map_err(|e| match e {
+            Error::AlreadyExists { .. } => Error::AlreadyExists { what: "run", name: run.id.to_string(), help: None },
+            e => e,
+        })
+    }
+
+    async fn update_run(&self, run: &RunManifest) -> Result<()> {
+        let key = self.run_key(&run.id)?;
+        if !self.exists(&key).await? {
+            return Err(Error::NotFound { what: "run", name: run.id.to_string(), help: None });
+        }
+        self.put(&key, to_json(run), false).await
+    }
+
+    async fn put_host_result(&self, run: &RunId, result: &HostResult) -> Result<()> {
+        let run_key = self.run_key(run)?;
+        let key = self.result_key(run, &result.host.id)?;
+        if !self.exists(&run_key).await? {
+            return Err(Error::NotFound { what: "run", name: run.to_string(), help: None });
+        }
+        let exists = || Error::AlreadyExists {
+            what: "host result",
+            name: result.host.id.to_string(),
+            help: Some("a host's evidence in a run is never overwritten; start a new run".into()),
+        };
+        if self.exists(&key).await? {
+            return Err(exists());
+        }
+        // Raw blocks first, by content; the record last.
+        let mut blocks: HashMap<&str, &Bytes> = HashMap::new();
+        for q in &result.queries {
+            blocks.insert(&q.stdout_sha256, &q.stdout);
+            blocks.insert(&q.stderr_sha256, &q.stderr);
+        }
+        let record = result.record();
+        blocks.insert(&record.unframed_stdout.sha256, &result.unframed_stdout);
+        blocks.insert(&record.unframed_stderr.sha256, &result.unframed_stderr);
+        let mut writes = Vec::new();
+        for (sha, bytes) in blocks {
+            if bytes.is_empty() {
+                continue;
+            }
+            // The record's hashes are the store's keys: never trust them unchecked.
+            if diffy_core::result::sha256_hex(bytes) != sha {
+                return Err(Error::invalid(format!(
+                    "host {}: a raw block does not match its SHA-256; refusing to store it",
+                    result.host.id
+                )));
+            }
+            writes.push((self.blob_key(run, sha)?, (*bytes).clone()));
+        }
+        futures::stream::iter(writes)
+            .map(|(k, b)| async move { self.put(&k, b, false).await })
+            .buffer_unordered(BLOB_CONCURRENCY)
+            .try_collect::<Vec<()>>()
+            .await?;
+        self.put(&key, to_json(&record), true).await.map_err(|e| match e {
+            Error::AlreadyExists { .. } => exists(),
+            e => e,
+        })
+    }
+
+    async fn get_run(&self, run: &RunId) -> Result<RunManifest> {
+        let key = self.run_key(run)?;
+        self.get_json(&key, "run manifest").await?.ok_or_else(|| Error::NotFound {
+            what: "run",
+            name: run.to_string(),
+            help: Some("`diffy runs` lists the stored runs".into()),
+        })
+    }
+
+    async fn list_host_results(&self, run: &RunId) -> Result<Vec<HostId>> {
+        validate_component("run id", run.as_str())?;
+        let dir = self.key(["runs", run.as_str(), "results"]);
+        self.names(&dir, ".json").await?.into_iter().map(HostId::new).collect()
+    }
+
+    async fn get_host_result(&self, run: &RunId, host: &HostId) -> Result<HostResult> {
+        let key = self.result_key(run, host)?;
+        let Some(record): Option<HostRecord> = self.get_json(&key, "host result").await? else {
+            return Err(Error::NotFound { what: "host result", name: host.to_string(), help: None });
+        };
+        let mut shas: Vec<String> = Vec::new();
+        for q in &record.queries {
+            for r in [&q.stdout, &q.stderr] {
+                if r.bytes > 0 {
+                    shas.push(r.sha256.clone());
+                }
+            }
+        }
+        for r in [&record.unframed_stdout, &record.unframed_stderr] {
+            if r.bytes > 0 {
+                shas.push(r.sha256.clone());
+            }
+        }
+        shas.sort();
+        shas.dedup();
+        let fetched: Vec<(String, Option<Bytes>)> = futures::stream::iter(shas)
+            .map(|sha| async move {
+                let k = self.blob_key(run, &sha)?;
+                Ok::<_, Error>((sha, self.get(&k).await?))
+            })
+            .buffer_unordered(BLOB_CONCURRENCY)
+            .try_collect()
+            .await?;
+        let blobs: HashMap<String, Option<Bytes>> = fetched.into_iter().collect();
+        // Which block each part is, before the record is consumed.
+        let mut by_part: HashMap<String, String> = HashMap::new();
+        for q in &record.queries {
+            by_part.insert(format!("{}\0out", q.name), q.stdout.sha256.clone());
+            by_part.insert(format!("{}\0err", q.name), q.stderr.sha256.clone());
+        }
+        by_part.insert("\0uout".into(), record.unframed_stdout.sha256.clone());
+        by_part.insert("\0uerr".into(), record.unframed_stderr.sha256.clone());
+        let name = host.to_string();
+        let corrupt = |message: String| Error::Corrupt {
+            plugin: "object store",
+            what: format!("evidence of host {name} in run {run}"),
+            message,
+        };
+        let rebuilt = record.into_result(|p| {
+            let k = match p {
+                RawPart::Stdout(q) => format!("{q}\0out"),
+                RawPart::Stderr(q) => format!("{q}\0err"),
+                RawPart::UnframedStdout => "\0uout".into(),
+                RawPart::UnframedStderr => "\0uerr".into(),
+            };
+            let sha = by_part.get(&k).cloned().unwrap_or_default();
+            match blobs.get(&sha) {
+                Some(Some(b)) => Ok(b.clone()),
+                _ => Err(corrupt(format!("raw block {sha} is missing"))),
+            }
+        })?;
+        rebuilt.map_err(corrupt)
+    }
+
+    async fn list_runs(&self, target: Option<&TargetKey>) -> Result<Vec<RunManifest>> {
+        let dir = self.key(["runs"]);
+        let listed =
+            self.store.list_with_delimiter(Some(&dir)).await.map_err(|e| store_error(self.kind, "list", &dir, e))?;
+        let ids: Vec<String> =
+            listed.common_prefixes.iter().filter_map(|p| p.filename().map(decode)).collect::<Vec<_>>();
+        let manifests: Vec<Option<RunManifest>> = futures::stream::iter(ids)
+            .map(|id| async move {
+                let Ok(run) = RunId::new(id.as_str()) else { return Ok(None) };
+                match self.get_json::<RunManifest>(&self.run_key(&run)?, "run manifest").await {
+                    Ok(m) => Ok(m),
+                    Err(e @ Error::Corrupt { .. }) => {
+                        tracing::warn!("skipping unreadable run {id}: {e}");
+                        Ok(None)
+                    }
+                    Err(e) => Err(e),
+                }
+            })
+            .buffer_unordered(BLOB_CONCURRENCY)
+            .try_collect()
+            .await?;
+        let mut runs: Vec<RunManifest> =
+            manifests.into_iter().flatten().filter(|m| target.is_none_or(|t| *t == m.target)).collect();
+        runs.sort_by(|a, b| a.started_at.cmp(&b.started_at).then_with(|| a.id.cmp(&b.id)));
+        Ok(runs)
+    }
+
+    async fn put_baseline(&self, record: &BaselineRecord, mode: BaselineWrite) -> Result<()> {
+        let key = self.baseline_key(&record.target)?;
+        self.put(&key, to_json(record), mode == BaselineWrite::CreateOnly).await.map_err(|e| match e {
+            Error::AlreadyExists { .. } => Error::AlreadyExists {
+                what: "baseline for target",
+                name: record.target.to_string(),
+                help: Some(
+                    "a baseline is never replaced silently; pass --replace to make this run the new baseline (the old \
+                     run is kept)"
+                        .into(),
+                ),
+            },
+            e => e,
+        })
+    }
+
+    async fn get_baseline(&self, target: &TargetKey) -> Result<Option<BaselineRecord>> {
+        let key = self.baseline_key(target)?;
+        self.get_json(&key, "baseline").await
+    }
+}
+
+/// The AWS SDK's credential chain (profiles, SSO, assumed roles) as
+/// object_store credentials, cached until five minutes before they expire.
+#[derive(Debug)]
+struct SdkCredentials {
+    provider: SharedCredentialsProvider,
+    cached: tokio::sync::Mutex<Option<(Arc<AwsCredential>, Option<SystemTime>)>>,
+}
+
+impl SdkCredentials {
+    fn new(provider: SharedCredentialsProvider) -> Self {
+        Self { provider, cached: tokio::sync::Mutex::new(None) }
+    }
+}
+
+#[async_trait]
+impl object_store::CredentialProvider for SdkCredentials {
+    type Credential = AwsCredential;
+
+    async fn get_credential(&self) -> object_store::Result<Arc<AwsCredential>> {
+        let mut cached = self.cached.lock().await;
+        if let Some((c, expiry)) = cached.as_ref() {
+            let fresh = expiry.is_none_or(|t| t > SystemTime::now() + Duration::from_secs(300));
+            if fresh {
+                return Ok(c.clone());
+            }
+        }
+        let c = self
+            .provider
+            .provide_credentials()
+            .await
+            .map_err(|e| object_store::Error::Generic { store: "S3", source: Box::new(e) })?;
+        let cred = Arc::new(AwsCredential {
+            key_id: c.access_key_id().to_string(),
+            secret_key: c.secret_access_key().to_string(),
+            token: c.session_token().map(str::to_string),
+        });
+        *cached = Some((cred.clone(), c.expiry()));
+        Ok(cred)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::local::LocalFileSystem;
+    use object_store::memory::InMemory;
+
+    #[tokio::test]
+    async fn conformance_in_memory() {
+        let s = BlobStore::open(Arc::new(InMemory::new()), "evidence/IR-1", "memory", "memory://").await.unwrap();
+        diffy_testkit::conformance::persistence(&s).await;
+    }
+
+    #[tokio::test]
+    async fn conformance_on_local_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = LocalFileSystem::new_with_prefix(dir.path()).unwrap();
+        let s = BlobStore::open(Arc::new(fs), "", "local", dir.path().display().to_string()).await.unwrap();
+        diffy_testkit::conformance::persistence(&s).await;
+    }
+
+    #[tokio::test]
+    async fn refuses_foreign_prefixes_and_reopens_its_own() {
+        let mem: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        mem.put(&Path::from("logs/app.log"), PutPayload::from_static(b"x")).await.unwrap();
+        let e = BlobStore::open(mem.clone(), "logs", "memory", "memory://logs").await.unwrap_err();
+        assert!(e.to_string().contains("not a Diffy store"), "{e}");
+        BlobStore::open(mem.clone(), "ev", "memory", "memory://ev").await.unwrap();
+        BlobStore::open(mem.clone(), "ev", "memory", "memory://ev").await.expect("a store reopens");
+        let e = BlobStore::open(mem, "ev/../logs", "memory", "x").await.unwrap_err();
+        assert!(e.to_string().contains(".."), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_missing_or_altered_block_is_corrupt() {
+        let mem: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let s = BlobStore::open(mem.clone(), "", "memory", "memory://").await.unwrap();
+        diffy_testkit::conformance::persistence(&s).await;
+        let run = RunId::new("20231114T221320Z-aaaaaa").unwrap();
+        let host = HostId::new("h3").unwrap();
+        let r = s.get_host_result(&run, &host).await.unwrap();
+        let k = s.blob_key(&run, &r.queries[0].stdout_sha256).unwrap();
+        mem.put(&k, PutPayload::from_static(b"tampered")).await.unwrap();
+        let e = s.get_host_result(&run, &host).await.unwrap_err();
+        assert!(matches!(e, Error::Corrupt { .. }), "{e}");
+        mem.delete(&k).await.unwrap();
+        let e = s.get_host_result(&run, &host).await.unwrap_err();
+        assert!(e.to_string().contains("missing"), "{e}");
+    }
+}

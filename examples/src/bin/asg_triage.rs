@@ -1,0 +1,53 @@
+//! `asg-triage GROUP s3://BUCKET/PREFIX INCIDENT`: a custom binary built from
+//! Diffy's crates. It runs a listeners-only payload through SSM Run Command
+//! on the InService instances of an Auto Scaling group, keeps the evidence on
+//! S3, analyses the herd, and prints the outliers. Credentials, region and
+//! endpoints come from the standard AWS chain (`AWS_PROFILE`, `AWS_REGION`,
+//! `AWS_ENDPOINT_URL`, ...). Exit status: 0 none, 1 outliers, 2 trouble.
+
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use diffy_examples::{FindingCounter, ListenersPayload, asg_triage};
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [group, store, incident] = args.as_slice() else {
+        eprintln!("usage: asg-triage GROUP s3://BUCKET/PREFIX INCIDENT");
+        return std::process::ExitCode::from(2);
+    };
+    let payload = ListenersPayload { extra: std::env::var("ASG_TRIAGE_EXTRA").unwrap_or_default() };
+    let counter = FindingCounter::default();
+    let aws = match diffy_aws::AwsContext::from_env(
+        diffy_aws::AwsOptions::default().session_name(format!("diffy-{incident}")),
+    )
+    .await
+    {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match asg_triage(aws, group, store, incident, payload, &counter).await {
+        Ok(report) => {
+            for h in report.outliers() {
+                println!("{} score {}: {}", h.host, h.score, h.findings[0].explanation);
+            }
+            for n in &report.coverage.not_targeted_hosts {
+                println!("not targeted: {} ({})", n.host, n.reason);
+            }
+            println!(
+                "{} hosts, {} findings, {} outliers",
+                counter.hosts.load(std::sync::atomic::Ordering::Relaxed),
+                counter.findings.load(std::sync::atomic::Ordering::Relaxed),
+                report.outliers().count()
+            );
+            std::process::ExitCode::from(if report.outliers().next().is_some() { 1 } else { 0 })
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
