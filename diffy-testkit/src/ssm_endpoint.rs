@@ -248,6 +248,33 @@ fn ok(v: Value) -> Response<Full<Bytes>> {
         .expect("a valid response")
 }
 
+/// The endpoint's one document, as `DescribeDocument` shows it.
+const DOCUMENT: &str = r#"{"schemaVersion":"2.2","description":"Run a shell script.","mainSteps":[{"action":"aws:runShellScript","name":"runShellScript","inputs":{"runCommand":"{{ commands }}","timeoutSeconds":"{{ executionTimeout }}"}}]}"#;
+
+/// The SHA-256 of [`DOCUMENT`], hex.
+pub fn document_hash() -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(DOCUMENT.as_bytes()))
+}
+
+fn describe_document(input: &Value) -> Response<Full<Bytes>> {
+    if input["Name"].as_str() != Some("AWS-RunShellScript") {
+        return error("InvalidDocument", "The specified document does not exist.");
+    }
+    ok(json!({"Document": {
+        "Name": "AWS-RunShellScript",
+        "Hash": document_hash(),
+        "HashType": "Sha256",
+        "DocumentVersion": "1",
+        "LatestVersion": "1",
+        "DefaultVersion": "1",
+        "DocumentType": "Command",
+        "DocumentFormat": "JSON",
+        "Owner": "Amazon",
+        "Status": "Active",
+    }}))
+}
+
 fn cut(s: &str, chars: usize) -> String {
     s.chars().take(chars).collect()
 }
@@ -290,6 +317,7 @@ impl Shared {
             "ListCommandInvocations" => self.list(&input),
             "GetCommandInvocation" => self.get(&input),
             "CancelCommand" => self.cancel(&input),
+            "DescribeDocument" => describe_document(&input),
             other => error("InvalidAction", &format!("this endpoint does not implement {other:?}")),
         }
     }
@@ -308,6 +336,11 @@ impl Shared {
         }
         if input["DocumentName"].as_str() != Some("AWS-RunShellScript") {
             return error("InvalidDocument", "this endpoint runs AWS-RunShellScript only");
+        }
+        if let Some(h) = input["DocumentHash"].as_str() {
+            if h != document_hash() || input["DocumentHashType"].as_str() != Some("Sha256") {
+                return error("InvalidDocument", "the document's hash does not match");
+            }
         }
         let lines: Vec<&str> = input["Parameters"]["commands"]
             .as_array()

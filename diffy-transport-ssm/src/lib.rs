@@ -28,8 +28,10 @@
 //!   is a `transport_error` naming it.
 //!
 //! No credential is ever part of a command: the instance runs the payload's
-//! own text. The command id, document, SSM status, details and response code
-//! of every invocation are kept with the host's result (`transport` map).
+//! own text. The command id, the document (name, and the SHA-256 hash and
+//! version `DescribeDocument` gives, which SSM then checks on `SendCommand`),
+//! the SHA-256 of the commands, and every invocation's SSM status, details
+//! and response code are kept with the host's result (`transport` map).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -207,7 +209,13 @@ impl Collection for SsmTransport {
 
     fn collect(&self, request: CollectRequest) -> BoxStream<'static, CollectEvent> {
         let (tx, rx) = mpsc::channel::<CollectEvent>(1024);
-        let run = Run { clients: self.clients.clone(), cache: Default::default(), options: self.options.clone(), tx };
+        let run = Run {
+            clients: self.clients.clone(),
+            cache: Default::default(),
+            docs: Default::default(),
+            options: self.options.clone(),
+            tx,
+        };
         tokio::spawn(run.go(request));
         futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (e, rx)) }).boxed()
     }
@@ -217,6 +225,7 @@ impl Collection for SsmTransport {
 struct Run {
     clients: Clients,
     cache: tokio::sync::Mutex<HashMap<Scope, Client>>,
+    docs: tokio::sync::Mutex<HashMap<Option<Scope>, Arc<Sent>>>,
     options: Arc<SsmOptions>,
     tx: mpsc::Sender<CollectEvent>,
 }
@@ -243,8 +252,22 @@ impl Flight {
 struct Command {
     id: String,
     client: Client,
+    sent: Arc<Sent>,
     /// Hosts of this command still waiting for a final status.
     waiting: usize,
+}
+
+/// What was sent, as evidence: the document (name, SHA-256 hash and version
+/// from `DescribeDocument`, which SSM then checks on `SendCommand`) and the
+/// SHA-256 of the commands.
+#[derive(Debug)]
+struct Sent {
+    document: String,
+    document_hash: Option<String>,
+    document_version: Option<String>,
+    /// Why the hash is unknown (`DescribeDocument` refused, say).
+    document_note: Option<String>,
+    commands_sha256: String,
 }
 
 /// What the list said of an invocation.
@@ -311,6 +334,41 @@ impl Run {
         }
     }
 
+    /// Describes the document once per account and region.
+    async fn sent(&self, scope: Option<&Scope>, client: &Client, commands_sha256: &str) -> Arc<Sent> {
+        let mut docs = self.docs.lock().await;
+        if let Some(d) = docs.get(&scope.cloned()) {
+            return d.clone();
+        }
+        let document = self.options.document.clone();
+        let sent = match client.describe_document().name(&document).send().await {
+            Ok(out) => {
+                let d = out.document();
+                Sent {
+                    document_hash: d.and_then(|d| d.hash()).map(str::to_string),
+                    document_version: d.and_then(|d| d.document_version()).map(str::to_string),
+                    document_note: None,
+                    document,
+                    commands_sha256: commands_sha256.to_string(),
+                }
+            }
+            Err(e) => {
+                let why = format!("DescribeDocument failed: {}", describe(&e));
+                tracing::warn!("{why}; the document's hash is not recorded or checked");
+                Sent {
+                    document,
+                    document_hash: None,
+                    document_version: None,
+                    document_note: Some(why),
+                    commands_sha256: commands_sha256.to_string(),
+                }
+            }
+        };
+        let sent = Arc::new(sent);
+        docs.insert(scope.cloned(), sent.clone());
+        sent
+    }
+
     async fn client(&self, scope: Option<&Scope>) -> Client {
         match (&self.clients, scope) {
             (Clients::One(c), _) => c.clone(),
@@ -331,6 +389,7 @@ impl Run {
         let CollectRequest { hosts, spec, script, options, cancel } = request;
         let o = self.options.clone();
         let commands_text = envelope::wrap(script.text(), script.nonce(), &spec.name);
+        let commands_sha256 = diffy_core::result::sha256_hex(commands_text.join("\n").as_bytes());
         // The instance's own limit: the script stops itself at the deadline;
         // SSM's executionTimeout backs it up.
         let exec_timeout = (options.host_deadline + options.grace).as_secs().max(30);
@@ -373,10 +432,11 @@ impl Run {
                 let chunk: Vec<Host> = (0..room.min(same)).filter_map(|_| queue.pop_front().map(|(_, h)| h)).collect();
                 let sent_at = Utc::now();
                 let client = self.client(scope.as_ref()).await;
-                match self.send(&client, &chunk, &commands_text, exec_timeout).await {
+                let sent = self.sent(scope.as_ref(), &client, &commands_sha256).await;
+                match self.send(&client, &sent, &chunk, &commands_text, exec_timeout).await {
                     Ok(id) => {
                         tracing::debug!(command = %id, instances = chunk.len(), scope = ?scope, "sent");
-                        commands.push(Command { id, client, waiting: chunk.len() });
+                        commands.push(Command { id, client, sent, waiting: chunk.len() });
                         for host in chunk {
                             let _ = self.tx.send(CollectEvent::Started(host.id.clone())).await;
                             let key = host.address().to_string();
@@ -439,7 +499,7 @@ impl Run {
                                 client: cmd.client.clone(),
                                 tx: self.tx.clone(),
                                 command_id: cmd.id.clone(),
-                                document: o.document.clone(),
+                                sent: cmd.sent.clone(),
                                 spec: spec.clone(),
                                 script: script.clone(),
                                 grace: o.visibility_grace,
@@ -455,7 +515,7 @@ impl Run {
                         Seen::Done(st, why) => {
                             let f = flights.remove(&instance).expect("present");
                             cmd.waiting -= 1;
-                            let ev = evidence(&cmd.id, &o.document, Some((&status, &details)), None);
+                            let ev = evidence(&cmd.id, &cmd.sent, Some((&status, &details)), None);
                             self.finish(f.failed(st, why, ev)).await;
                         }
                     }
@@ -474,7 +534,7 @@ impl Run {
                     "SSM never listed an invocation for this instance within {}s of SendCommand",
                     o.visibility_grace.as_secs()
                 );
-                let ev = evidence(&commands[f.command].id, &o.document, None, None);
+                let ev = evidence(&commands[f.command].id, &commands[f.command].sent, None, None);
                 self.finish(f.failed(HostStatus::TransportError, why, ev)).await;
             }
         }
@@ -488,6 +548,7 @@ impl Run {
     async fn send(
         &self,
         client: &Client,
+        sent: &Sent,
         chunk: &[Host],
         commands: &[String],
         exec_timeout: u64,
@@ -502,6 +563,10 @@ impl Run {
             .timeout_seconds(o.delivery_timeout.as_secs().max(30) as i32)
             .max_concurrency("100%")
             .max_errors("100%");
+        if let Some(h) = &sent.document_hash {
+            // SSM refuses the command if the document changed since it was described.
+            req = req.document_hash(h).document_hash_type(aws_sdk_ssm::types::DocumentHashType::Sha256);
+        }
         if let Some(c) = &o.comment {
             req = req.comment(c.chars().take(MAX_COMMENT).collect::<String>());
         }
@@ -558,7 +623,7 @@ impl Run {
         for (_, f) in flights {
             let last =
                 f.last.as_ref().map_or("never listed by SSM".to_string(), |(s, d)| format!("last seen {s} ({d})"));
-            let mut ev = evidence(&commands[f.command].id, &self.options.document, None, None);
+            let mut ev = evidence(&commands[f.command].id, &commands[f.command].sent, None, None);
             if let Some((s, d)) = f.last.clone() {
                 ev.insert("ssm.status".into(), s);
                 ev.insert("ssm.status_details".into(), d);
@@ -576,7 +641,7 @@ struct Fetch {
     client: Client,
     tx: mpsc::Sender<CollectEvent>,
     command_id: String,
-    document: String,
+    sent: Arc<Sent>,
     spec: Arc<PayloadSpec>,
     script: Arc<diffy_core::script::Script>,
     grace: Duration,
@@ -601,7 +666,7 @@ impl Fetch {
         };
         let result = match out {
             Err(why) => {
-                let ev = evidence(&self.command_id, &self.document, None, None);
+                let ev = evidence(&self.command_id, &self.sent, None, None);
                 f.failed(HostStatus::TransportError, why, ev)
             }
             Ok(out) => {
@@ -610,7 +675,7 @@ impl Fetch {
                 let text = out.standard_output_content().unwrap_or_default().to_string();
                 let err_text = out.standard_error_content().unwrap_or_default().to_string();
                 let code = out.response_code();
-                let mut transport = evidence(&self.command_id, &self.document, Some((&status, &details)), Some(code));
+                let mut transport = evidence(&self.command_id, &self.sent, Some((&status, &details)), Some(code));
                 transport.insert("ssm.output_chars".into(), text.chars().count().to_string());
                 let timed_out = details == "Execution Timed Out" || status == CommandInvocationStatus::TimedOut;
                 let (stdout, stderr, end) = match envelope::decode(&text, self.script.nonce(), self.max_output_bytes) {
@@ -668,13 +733,21 @@ impl Fetch {
 
 fn evidence(
     command_id: &str,
-    document: &str,
+    sent: &Sent,
     status: Option<(&CommandInvocationStatus, &str)>,
     code: Option<i32>,
 ) -> BTreeMap<String, String> {
     let mut m = BTreeMap::new();
     m.insert("ssm.command_id".into(), command_id.to_string());
-    m.insert("ssm.document".into(), document.to_string());
+    m.insert("ssm.document".into(), sent.document.clone());
+    m.insert(
+        "ssm.document_sha256".into(),
+        sent.document_hash.clone().or_else(|| sent.document_note.clone()).unwrap_or_else(|| "unknown".into()),
+    );
+    if let Some(v) = &sent.document_version {
+        m.insert("ssm.document_version".into(), v.clone());
+    }
+    m.insert("ssm.commands_sha256".into(), sent.commands_sha256.clone());
     if let Some((s, d)) = status {
         m.insert("ssm.status".into(), s.as_str().to_string());
         m.insert("ssm.status_details".into(), d.to_string());

@@ -67,6 +67,25 @@ impl EventSink for FindingCounter {
     }
 }
 
+/// What the example binaries print: one line per outlier with its first
+/// finding, one per host left out, and the totals.
+pub fn summary(report: &Report, counter: &FindingCounter) -> String {
+    let mut out = String::new();
+    for h in report.outliers() {
+        out.push_str(&format!("{} score {}: {}\n", h.host, h.score, h.findings[0].explanation));
+    }
+    for n in &report.coverage.not_targeted_hosts {
+        out.push_str(&format!("not targeted: {} ({})\n", n.host, n.reason));
+    }
+    out.push_str(&format!(
+        "{} hosts, {} findings, {} outliers\n",
+        counter.hosts.load(Ordering::Relaxed),
+        counter.findings.load(Ordering::Relaxed),
+        report.outliers().count()
+    ));
+    out
+}
+
 /// Collects `payload` from `hosts` with the local transport into a store at
 /// `store`, and analyses the run by cluster.
 pub async fn triage(

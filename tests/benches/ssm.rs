@@ -119,14 +119,15 @@ async fn main() {
     }
     println!("\nSSM transport, {n} instances, poll every {}s (scriptable endpoint on loopback)\n", POLL.as_secs());
     println!(
-        "| {:<22} | {:>6} | {:>6} | {:>6} | {:>6} | {:>9} | {:>14} | {:>7} | {:>4} | {:>6} |",
-        "run", "Send", "List", "Get", "Cancel", "throttled", "max list/round", "wall s", "ok", "failed"
+        "| {:<22} | {:>8} | {:>6} | {:>6} | {:>6} | {:>6} | {:>9} | {:>14} | {:>7} | {:>4} | {:>6} |",
+        "run", "Describe", "Send", "List", "Get", "Cancel", "throttled", "max list/round", "wall s", "ok", "failed"
     );
-    println!("|{}|", ["-"; 10].map(|_| "---").join("|"));
+    println!("|{}|", ["-"; 11].map(|_| "---").join("|"));
     for r in &rows {
         println!(
-            "| {:<22} | {:>6} | {:>6} | {:>6} | {:>6} | {:>9} | {:>14} | {:>7.1} | {:>4} | {:>6} |",
+            "| {:<22} | {:>8} | {:>6} | {:>6} | {:>6} | {:>6} | {:>9} | {:>14} | {:>7.1} | {:>4} | {:>6} |",
             r.label,
+            r.calls.of("DescribeDocument"),
             r.calls.of("SendCommand"),
             r.calls.of("ListCommandInvocations"),
             r.calls.of("GetCommandInvocation"),

@@ -93,7 +93,7 @@ async fn one_hundred_twenty_instances_take_three_sends_and_one_fetch_each_under_
     let endpoint = SsmEndpoint::start(EndpointOptions {
         visible_after: Duration::from_millis(1500),
         pending_for: Duration::from_millis(500),
-        throttle_rps: Some(40.0),
+        throttle_rps: Some(10.0),
         ..EndpointOptions::default()
     })
     .await
@@ -306,4 +306,7 @@ async fn thirty_instances_over_ssm_find_the_planted_hosts_and_every_fault() {
     let rec =
         std::fs::read_to_string(d.path(&format!("diffy-store/runs/{run}/hosts/{}/result.json", instance(23)))).unwrap();
     assert!(rec.contains("ssm.command_id") && rec.contains("Execution Timed Out"), "{rec}");
+    let hash = diffy_testkit::ssm_endpoint::document_hash();
+    assert!(rec.contains(&format!("\"ssm.document_sha256\": \"{hash}\"")), "the document's hash: {rec}");
+    assert!(rec.contains("ssm.commands_sha256"), "{rec}");
 }

@@ -7,7 +7,7 @@
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
-use diffy_examples::{FindingCounter, ListenersPayload, asg_triage};
+use diffy_examples::{FindingCounter, ListenersPayload, asg_triage, summary};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
@@ -31,18 +31,7 @@ async fn main() -> std::process::ExitCode {
     };
     match asg_triage(aws, group, store, incident, payload, &counter).await {
         Ok(report) => {
-            for h in report.outliers() {
-                println!("{} score {}: {}", h.host, h.score, h.findings[0].explanation);
-            }
-            for n in &report.coverage.not_targeted_hosts {
-                println!("not targeted: {} ({})", n.host, n.reason);
-            }
-            println!(
-                "{} hosts, {} findings, {} outliers",
-                counter.hosts.load(std::sync::atomic::Ordering::Relaxed),
-                counter.findings.load(std::sync::atomic::Ordering::Relaxed),
-                report.outliers().count()
-            );
+            print!("{}", summary(&report, &counter));
             std::process::ExitCode::from(if report.outliers().next().is_some() { 1 } else { 0 })
         }
         Err(e) => {

@@ -5,7 +5,7 @@
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
-use diffy_examples::{FindingCounter, ListenersPayload, triage};
+use diffy_examples::{FindingCounter, ListenersPayload, summary, triage};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
@@ -20,15 +20,7 @@ async fn main() -> std::process::ExitCode {
     let counter = FindingCounter::default();
     match triage(&hosts, std::path::Path::new(&store), payload, &counter).await {
         Ok(report) => {
-            for h in report.outliers() {
-                println!("{} score {}: {}", h.host, h.score, h.findings[0].explanation);
-            }
-            println!(
-                "{} hosts, {} findings, {} outliers",
-                counter.hosts.load(std::sync::atomic::Ordering::Relaxed),
-                counter.findings.load(std::sync::atomic::Ordering::Relaxed),
-                report.outliers().count()
-            );
+            print!("{}", summary(&report, &counter));
             std::process::ExitCode::from(if report.outliers().next().is_some() { 1 } else { 0 })
         }
         Err(e) => {
