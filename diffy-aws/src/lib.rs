@@ -14,7 +14,8 @@
 //!   assuming the role `arn:aws:iam::ACCOUNT:role/ROLE` (role name
 //!   configurable, per account too) with the caller's credentials, cached
 //!   per scope;
-//! - an inventory of accounts from a file ([`parse_inventory`]).
+//! - an inventory of accounts from a file ([`parse_inventory`]);
+//! - S3 through `object_store` with the SDK's credentials ([`s3`]).
 //!
 //! Credentials only ever travel to AWS's own endpoints through the SDK; none
 //! is ever put into a command sent to a host.
@@ -31,6 +32,8 @@ use aws_config::sts::AssumeRoleProvider;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_credential_types::provider::SharedCredentialsProvider;
 use diffy_core::{Error, Result};
+
+pub mod s3;
 
 const PLUGIN: &str = "aws";
 

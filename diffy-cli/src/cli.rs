@@ -117,6 +117,11 @@ pub struct AwsArgs {
     /// Role assumed in each account. Default DiffyTriage.
     #[arg(long, env = "DIFFY_ROLE_NAME", value_name = "NAME")]
     pub role_name: Option<String>,
+
+    /// SSM also writes each host's whole output here (OutputS3BucketName);
+    /// diffy reads it when the inline output was cut at 24,000 characters.
+    #[arg(long, env = "DIFFY_SSM_OUTPUT", value_name = "s3://BUCKET/PREFIX")]
+    pub ssm_output: Option<String>,
 }
 
 /// How to reach them.

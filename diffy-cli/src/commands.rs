@@ -143,6 +143,7 @@ pub(crate) fn collecting_engine(
         accounts: t.aws.accounts.clone(),
         accounts_file: t.aws.accounts_file.clone(),
         role_name: t.aws.role_name.clone(),
+        ssm_output: t.aws.ssm_output.clone(),
         incident: incident.clone(),
         groups: t.asg.clone(),
         tags: t.tags.clone(),

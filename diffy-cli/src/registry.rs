@@ -169,6 +169,8 @@ pub struct AwsSettings {
     pub accounts_file: Option<PathBuf>,
     /// Role assumed in each account.
     pub role_name: Option<String>,
+    /// `s3://bucket/prefix` for SSM's whole outputs.
+    pub ssm_output: Option<String>,
     /// The incident id, for the assumed-role session name.
     pub incident: Option<String>,
     /// Auto Scaling groups.
@@ -364,8 +366,31 @@ pub fn transport(
             Some(i) => format!("diffy {i}"),
             None => "diffy (read-only triage queries)".to_string(),
         };
-        let o = SsmOptions::default().comment(comment);
-        return Ok(Arc::new(SsmTransport::with_context(aws.get()?, o)));
+        let mut o = SsmOptions::default().comment(comment);
+        let output = match &aws.settings().ssm_output {
+            None => None,
+            Some(url) => match diffy_aws::s3::parse_url(url) {
+                Some(b) => Some((url, b)),
+                None => {
+                    return Err(diffy_core::Error::invalid_with_help(
+                        format!("--ssm-output {url:?} does not name an S3 bucket"),
+                        "write --ssm-output s3://BUCKET/PREFIX",
+                    )
+                    .into());
+                }
+            },
+        };
+        let ctx = aws.get()?;
+        if let Some((url, (bucket, prefix))) = output {
+            let reader = diffy_aws::s3::store(&bucket, &ctx).map_err(|e| diffy_core::Error::Plugin {
+                plugin: "ssm".into(),
+                message: format!("cannot read the output bucket {url}: {e}"),
+                help: None,
+                source: Some(Box::new(e)),
+            })?;
+            o = o.output_bucket(diffy_transport_ssm::OutputBucket::new(bucket, prefix, Arc::new(reader)));
+        }
+        return Ok(Arc::new(SsmTransport::with_context(ctx, o)));
     }
     let _ = (ssh, incident, aws);
     Err(not_built("transport", name))

@@ -33,10 +33,8 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
 use bytes::Bytes;
 use diffy_core::names::validate_component;
 use diffy_core::persistence::{BaselineWrite, Persistence};
@@ -44,7 +42,6 @@ use diffy_core::result::{HostRecord, HostResult, RawPart};
 use diffy_core::run::{BaselineRecord, RunManifest};
 use diffy_core::{Error, HostId, Result, RunId, TargetKey};
 use futures::{StreamExt, TryStreamExt};
-use object_store::aws::{AmazonS3Builder, AwsCredential};
 use object_store::path::{Path, PathPart};
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
@@ -134,33 +131,22 @@ impl BlobStore {
     /// (`AWS_ENDPOINT_URL`), point it at another endpoint (path-style
     /// requests, plain HTTP allowed there).
     pub async fn s3(url: &str, aws: &diffy_aws::AwsContext) -> Result<Self> {
-        let Some(rest) = url.strip_prefix("s3://") else {
+        if !url.starts_with("s3://") {
             return Err(Error::invalid(format!("{url:?} is not an s3:// location")));
-        };
-        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-        if bucket.is_empty() || !bucket.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b)) {
+        }
+        let Some((bucket, prefix)) = diffy_aws::s3::parse_url(url) else {
             return Err(Error::invalid_with_help(
-                format!("{bucket:?} is not an S3 bucket name"),
+                format!("{url:?} does not name an S3 bucket"),
                 "write --store s3://BUCKET/PREFIX",
             ));
-        }
-        let region = aws.scopes().into_iter().next().map(|s| s.region).unwrap_or_else(|| "us-east-1".into());
-        let mut b = AmazonS3Builder::new().with_bucket_name(bucket).with_region(region);
-        if let Some(creds) = aws.base().credentials_provider() {
-            b = b.with_credentials(Arc::new(SdkCredentials::new(creds)));
-        }
-        let endpoint =
-            std::env::var("AWS_ENDPOINT_URL_S3").ok().or_else(|| aws.base().endpoint_url().map(str::to_string));
-        if let Some(e) = endpoint.filter(|e| !e.is_empty()) {
-            b = b.with_allow_http(e.starts_with("http://")).with_endpoint(e).with_virtual_hosted_style_request(false);
-        }
-        let store = b.build().map_err(|e| Error::Plugin {
+        };
+        let store = diffy_aws::s3::store(&bucket, aws).map_err(|e| Error::Plugin {
             plugin: "s3 store".into(),
             message: format!("cannot open {url}: {e}"),
             help: None,
             source: Some(Box::new(e)),
         })?;
-        Self::open(Arc::new(store), prefix, "s3", url.trim_end_matches('/')).await
+        Self::open(Arc::new(store), &prefix, "s3", url.trim_end_matches('/')).await
     }
 
     fn key<'a>(&self, parts: impl IntoIterator<Item = &'a str>) -> Path {
@@ -448,47 +434,6 @@ impl Persistence for BlobStore {
     async fn get_baseline(&self, target: &TargetKey) -> Result<Option<BaselineRecord>> {
         let key = self.baseline_key(target)?;
         self.get_json(&key, "baseline").await
-    }
-}
-
-/// The AWS SDK's credential chain (profiles, SSO, assumed roles) as
-/// object_store credentials, cached until five minutes before they expire.
-#[derive(Debug)]
-struct SdkCredentials {
-    provider: SharedCredentialsProvider,
-    cached: tokio::sync::Mutex<Option<(Arc<AwsCredential>, Option<SystemTime>)>>,
-}
-
-impl SdkCredentials {
-    fn new(provider: SharedCredentialsProvider) -> Self {
-        Self { provider, cached: tokio::sync::Mutex::new(None) }
-    }
-}
-
-#[async_trait]
-impl object_store::CredentialProvider for SdkCredentials {
-    type Credential = AwsCredential;
-
-    async fn get_credential(&self) -> object_store::Result<Arc<AwsCredential>> {
-        let mut cached = self.cached.lock().await;
-        if let Some((c, expiry)) = cached.as_ref() {
-            let fresh = expiry.is_none_or(|t| t > SystemTime::now() + Duration::from_secs(300));
-            if fresh {
-                return Ok(c.clone());
-            }
-        }
-        let c = self
-            .provider
-            .provide_credentials()
-            .await
-            .map_err(|e| object_store::Error::Generic { store: "S3", source: Box::new(e) })?;
-        let cred = Arc::new(AwsCredential {
-            key_id: c.access_key_id().to_string(),
-            secret_key: c.secret_access_key().to_string(),
-            token: c.session_token().map(str::to_string),
-        });
-        *cached = Some((cred.clone(), c.expiry()));
-        Ok(cred)
     }
 }
 

@@ -15,6 +15,12 @@
 //! (`Execution Timed Out`, really enforced by killing the process group). It
 //! checks the API's own limits (50 instance ids per call, a comment of at
 //! most 100 characters) and counts every call by operation.
+//!
+//! Like the agent, it writes each invocation's whole output to the command's
+//! `OutputS3BucketName` (under `OutputS3KeyPrefix`) when given a writer for
+//! that bucket ([`EndpointOptions::output_writer`], an S3 client against
+//! moto, say); without one it writes nothing, as an agent whose instance
+//! profile may not write to the bucket.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::convert::Infallible;
@@ -70,6 +76,9 @@ pub struct EndpointOptions {
     pub offline_for: Duration,
     /// Commands running at once (others wait, `InProgress`).
     pub parallel: usize,
+    /// The bucket the "agents" may write output to, and a store rooted at
+    /// it. Commands naming another bucket get no output object.
+    pub output_writer: Option<(String, Arc<dyn object_store::ObjectStore>)>,
 }
 
 impl std::fmt::Debug for EndpointOptions {
@@ -81,6 +90,7 @@ impl std::fmt::Debug for EndpointOptions {
             .field("faults", &self.faults)
             .field("offline_for", &self.offline_for)
             .field("parallel", &self.parallel)
+            .field("output_writer", &self.output_writer.as_ref().map(|(b, _)| b))
             .finish_non_exhaustive()
     }
 }
@@ -99,6 +109,7 @@ impl Default for EndpointOptions {
             faults: HashMap::new(),
             offline_for: Duration::from_secs(3),
             parallel: 16,
+            output_writer: None,
         }
     }
 }
@@ -113,6 +124,8 @@ struct Invocation {
     code: i32,
     stdout: String,
     stderr: String,
+    /// `s3://bucket/key` of the whole stdout, once written.
+    stdout_url: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -129,6 +142,7 @@ struct State {
     comments: Vec<String>,
     started: Option<Instant>,
     list_times: Vec<Duration>,
+    output_errors: Vec<String>,
 }
 
 /// A running endpoint; it stops when dropped.
@@ -215,6 +229,11 @@ impl SsmEndpoint {
     /// throttled) arrived, from the endpoint's start.
     pub fn list_call_times(&self) -> Vec<Duration> {
         self.state.lock().expect("state").list_times.clone()
+    }
+
+    /// Output objects that could not be written to the output bucket, and why.
+    pub fn output_errors(&self) -> Vec<String> {
+        self.state.lock().expect("state").output_errors.clone()
     }
 
     /// Invocations still running or pending (not in a final state).
@@ -349,6 +368,9 @@ impl Shared {
         let text = lines.join("\n");
         let timeout: u64 =
             input["Parameters"]["executionTimeout"][0].as_str().and_then(|s| s.parse().ok()).unwrap_or(3600);
+        let output = input["OutputS3BucketName"].as_str().map(|b| {
+            (b.to_string(), input["OutputS3KeyPrefix"].as_str().unwrap_or_default().trim_matches('/').to_string())
+        });
         let id = {
             let mut s = self.state.lock().expect("state");
             s.next += 1;
@@ -367,6 +389,7 @@ impl Shared {
                     code: -1,
                     stdout: String::new(),
                     stderr: String::new(),
+                    stdout_url: None,
                 })
                 .collect();
             s.commands.insert(id.clone(), invs);
@@ -374,8 +397,10 @@ impl Shared {
         };
         for instance in &ids {
             let me = self.clone();
-            let (id, instance, text) = (id.clone(), instance.clone(), text.clone());
-            tokio::spawn(async move { me.execute(&id, &instance, &text, Duration::from_secs(timeout)).await });
+            let (id, instance, text, output) = (id.clone(), instance.clone(), text.clone(), output.clone());
+            tokio::spawn(async move {
+                me.execute(&id, &instance, &text, Duration::from_secs(timeout), output.as_ref()).await;
+            });
         }
         ok(json!({"Command": {
             "CommandId": id,
@@ -401,7 +426,43 @@ impl Shared {
         self.state.lock().expect("state").cancelled.contains(&(id.to_string(), instance.to_string()))
     }
 
-    async fn execute(&self, id: &str, instance: &str, text: &str, timeout: Duration) {
+    /// Writes the whole output where the agent would, if it may.
+    async fn write_output(
+        &self,
+        id: &str,
+        instance: &str,
+        output: Option<&(String, String)>,
+        stdout: &[u8],
+        stderr: &[u8],
+    ) -> Option<String> {
+        let (bucket, prefix) = output?;
+        let (allowed, store) = self.options.output_writer.as_ref()?;
+        if allowed != bucket {
+            return None;
+        }
+        let mut parts: Vec<&str> = prefix.split('/').filter(|p| !p.is_empty()).collect();
+        parts.extend([id, instance, "awsrunShellScript", "0.awsrunShellScript"]);
+        let folder = object_store::path::Path::from_iter(parts);
+        for (name, bytes) in [("stdout", stdout), ("stderr", stderr)] {
+            let key = folder.clone().join(name);
+            let put = object_store::ObjectStoreExt::put(store.as_ref(), &key, bytes.to_vec().into());
+            if let Err(e) = put.await {
+                let why = format!("writing s3://{bucket}/{key}: {e}");
+                self.state.lock().expect("state").output_errors.push(why);
+                return None;
+            }
+        }
+        Some(format!("https://s3.amazonaws.com/{bucket}/{}", folder.join("stdout")))
+    }
+
+    async fn execute(
+        &self,
+        id: &str,
+        instance: &str,
+        text: &str,
+        timeout: Duration,
+        output: Option<&(String, String)>,
+    ) {
         let fault = self.options.faults.get(instance).copied();
         match fault {
             Some(Fault::Undeliverable) => {
@@ -460,10 +521,12 @@ impl Shared {
             Ok(Ok(out)) => {
                 let code = out.status.code().unwrap_or(-1);
                 let (status, details) = if code == 0 { ("Success", "Success") } else { ("Failed", "Failed") };
+                let url = self.write_output(id, instance, output, &out.stdout, &out.stderr).await;
                 let stdout = cut(&String::from_utf8_lossy(&out.stdout), STDOUT_LIMIT);
                 let stderr = cut(&String::from_utf8_lossy(&out.stderr), STDERR_LIMIT);
                 self.set(id, instance, |i| {
                     (i.status, i.details, i.code, i.stdout, i.stderr) = (status, details, code, stdout, stderr);
+                    i.stdout_url = url;
                 });
             }
             Ok(Err(e)) => {
@@ -540,6 +603,7 @@ impl Shared {
             "Status": inv.status,
             "StatusDetails": inv.details,
             "StandardOutputContent": inv.stdout,
+            "StandardOutputUrl": inv.stdout_url.clone().unwrap_or_default(),
             "StandardErrorContent": inv.stderr,
         }))
     }

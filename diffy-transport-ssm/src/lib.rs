@@ -10,8 +10,11 @@
 //! - the payload's queries in **one** invocation per instance, its script
 //!   gzip-compressed and base64-encoded on the way out and its output the
 //!   same way on the way back, so real results fit SSM's inline limits; an
-//!   output cut by SSM (24,000 characters) is detected, kept as evidence and
-//!   reported `truncated`, never parsed as if whole (see [`envelope`]);
+//!   output cut by SSM (24,000 characters) is detected and never parsed as
+//!   if whole (see [`envelope`]): with an output bucket
+//!   ([`SsmOptions::output_bucket`], `OutputS3BucketName`) the whole output
+//!   is read from S3 instead, without one the cut output is kept as evidence
+//!   and the host reported `truncated`;
 //! - status by polling: one paginated `ListCommandInvocations` per command
 //!   (50 instances) per round, and one `GetCommandInvocation` per finished
 //!   instance for its output. An invocation not yet visible right after
@@ -47,6 +50,8 @@ use diffy_core::script::{ExecEnd, Execution, assemble};
 use diffy_core::{CollectEvent, CollectRequest, Collection, Host, HostResult, HostStatus, PayloadSpec};
 use futures::StreamExt;
 use futures::stream::BoxStream;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
@@ -86,6 +91,51 @@ pub struct SsmOptions {
     pub fetch_concurrency: usize,
     /// Instances in flight at once. Default 1,000.
     pub concurrency: usize,
+    /// Where SSM also writes each invocation's whole output
+    /// (`OutputS3BucketName`), read when the inline output was cut. Default
+    /// none.
+    pub output_bucket: Option<OutputBucket>,
+}
+
+/// An S3 bucket (and key prefix) where the instances' agents write each
+/// invocation's whole output, and a reader for it.
+///
+/// SSM writes `PREFIX/COMMAND-ID/INSTANCE-ID/<plugin>/<step>/stdout` (and
+/// `stderr`) with the **instance's** credentials: its instance profile needs
+/// `s3:PutObject` on the bucket (across accounts, the bucket policy must
+/// allow it). Diffy reads the objects with `reader` (the responder's own
+/// credentials) only when the inline output was cut.
+#[derive(Clone, Debug)]
+pub struct OutputBucket {
+    bucket: String,
+    prefix: String,
+    reader: Arc<dyn ObjectStore>,
+}
+
+impl OutputBucket {
+    /// Output in `bucket` under `prefix` (slashes at either end are
+    /// dropped), read through `reader`, a store rooted at the bucket (see
+    /// `diffy_aws::s3::store`).
+    pub fn new(bucket: impl Into<String>, prefix: impl AsRef<str>, reader: Arc<dyn ObjectStore>) -> Self {
+        Self { bucket: bucket.into(), prefix: prefix.as_ref().trim_matches('/').to_string(), reader }
+    }
+
+    /// The bucket.
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    /// The key prefix (may be empty).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// `s3://bucket/prefix/COMMAND/INSTANCE/`, the folder of one invocation.
+    fn folder(&self, command_id: &str, instance: &str) -> ObjectPath {
+        let mut parts: Vec<&str> = self.prefix.split('/').filter(|p| !p.is_empty()).collect();
+        parts.extend([command_id, instance]);
+        ObjectPath::from_iter(parts)
+    }
 }
 
 impl Default for SsmOptions {
@@ -99,6 +149,7 @@ impl Default for SsmOptions {
             delivery_timeout: Duration::from_secs(60),
             fetch_concurrency: 16,
             concurrency: 1000,
+            output_bucket: None,
         }
     }
 }
@@ -137,6 +188,14 @@ impl SsmOptions {
     /// Sets the instances in flight at once.
     pub fn concurrency(mut self, n: usize) -> Self {
         self.concurrency = n.max(1);
+        self
+    }
+
+    /// Has SSM write each invocation's whole output to `bucket` too
+    /// (`OutputS3BucketName`, `OutputS3KeyPrefix`), where Diffy reads it when
+    /// the inline output was cut.
+    pub fn output_bucket(mut self, bucket: OutputBucket) -> Self {
+        self.output_bucket = Some(bucket);
         self
     }
 }
@@ -505,6 +564,7 @@ impl Run {
                                 grace: o.visibility_grace,
                                 poll: o.poll_interval,
                                 max_output_bytes: options.max_output_bytes,
+                                output_bucket: o.output_bucket.clone(),
                             };
                             let slots = fetch_slots.clone();
                             fetches.spawn(async move {
@@ -569,6 +629,12 @@ impl Run {
         }
         if let Some(c) = &o.comment {
             req = req.comment(c.chars().take(MAX_COMMENT).collect::<String>());
+        }
+        if let Some(b) = &o.output_bucket {
+            req = req.output_s3_bucket_name(&b.bucket);
+            if !b.prefix.is_empty() {
+                req = req.output_s3_key_prefix(&b.prefix);
+            }
         }
         let out = req.send().await.map_err(|e| format!("SendCommand failed: {}", describe(&e)))?;
         out.command()
@@ -647,6 +713,7 @@ struct Fetch {
     grace: Duration,
     poll: Duration,
     max_output_bytes: u64,
+    output_bucket: Option<OutputBucket>,
 }
 
 impl Fetch {
@@ -672,13 +739,33 @@ impl Fetch {
             Ok(out) => {
                 let status = out.status().cloned().unwrap_or(CommandInvocationStatus::from("unknown"));
                 let details = out.status_details().unwrap_or_default().to_string();
-                let text = out.standard_output_content().unwrap_or_default().to_string();
+                let mut text = out.standard_output_content().unwrap_or_default().to_string();
                 let err_text = out.standard_error_content().unwrap_or_default().to_string();
                 let code = out.response_code();
                 let mut transport = evidence(&self.command_id, &self.sent, Some((&status, &details)), Some(code));
                 transport.insert("ssm.output_chars".into(), text.chars().count().to_string());
                 let timed_out = details == "Execution Timed Out" || status == CommandInvocationStatus::TimedOut;
-                let (stdout, stderr, end) = match envelope::decode(&text, self.script.nonce(), self.max_output_bytes) {
+                let nonce = self.script.nonce();
+                let mut decoded = envelope::decode(&text, nonce, self.max_output_bytes);
+                // Cut by SSM's inline limit: the whole output may be in the output bucket.
+                let cut = text.chars().count() >= INLINE_STDOUT_LIMIT || text.contains("--output truncated--");
+                let mut source = Source::Inline;
+                if let (Decoded::Damaged(_), true, Some(bucket)) = (&decoded, cut, &self.output_bucket) {
+                    source = match self.full_output(bucket, &instance).await {
+                        Ok(full) => {
+                            transport.insert("ssm.output_source".into(), full.url.clone());
+                            transport.insert("ssm.output_s3_bytes".into(), full.size.to_string());
+                            text = full.text;
+                            decoded = envelope::decode(&text, nonce, self.max_output_bytes);
+                            if full.capped { Source::S3Capped(full.url, full.size) } else { Source::S3(full.url) }
+                        }
+                        Err(why) => {
+                            transport.insert("ssm.output_s3_error".into(), why.clone());
+                            Source::S3Failed(why)
+                        }
+                    };
+                }
+                let (stdout, stderr, end) = match decoded {
                     Decoded::Whole { code, stdout, stderr } => {
                         (stdout, stderr, if timed_out { ExecEnd::TimedOut } else { ExecEnd::Exited(code) })
                     }
@@ -694,27 +781,43 @@ impl Fetch {
                         },
                     ),
                     Decoded::Damaged(why) => {
-                        let end = if text.chars().count() >= INLINE_STDOUT_LIMIT
-                            || text.contains("--output truncated--")
-                        {
-                            ExecEnd::Failed {
+                        let end = match source {
+                            Source::S3Capped(url, size) => ExecEnd::Failed {
+                                status: HostStatus::Truncated,
+                                message: format!(
+                                    "the whole output at {url} is {size} bytes, past what the output limit of {} \
+                                     bytes can decode to; its first part is kept as evidence",
+                                    self.max_output_bytes
+                                ),
+                            },
+                            Source::S3(url) if !timed_out => ExecEnd::Failed {
+                                status: HostStatus::TransportError,
+                                message: format!("the whole output read from {url} is unusable: {why}"),
+                            },
+                            Source::S3Failed(s3) => ExecEnd::Failed {
                                 status: HostStatus::Truncated,
                                 message: format!(
                                     "SSM returned only the first {INLINE_STDOUT_LIMIT} characters of this instance's \
-                                     encoded output ({why}); the cut output is kept as evidence. Use a smaller \
-                                     payload for this host"
+                                     encoded output ({why}), and the whole output could not be read from the output \
+                                     bucket: {s3}. The cut output is kept as evidence"
                                 ),
-                            }
-                        } else if timed_out {
-                            ExecEnd::TimedOut
-                        } else {
-                            ExecEnd::Failed {
+                            },
+                            Source::Inline if cut => ExecEnd::Failed {
+                                status: HostStatus::Truncated,
+                                message: format!(
+                                    "SSM returned only the first {INLINE_STDOUT_LIMIT} characters of this instance's \
+                                     encoded output ({why}); the cut output is kept as evidence. Configure an output \
+                                     bucket (diffy --ssm-output s3://BUCKET/PREFIX) to read whole outputs, or use a smaller payload"
+                                ),
+                            },
+                            _ if timed_out => ExecEnd::TimedOut,
+                            _ => ExecEnd::Failed {
                                 status: HostStatus::TransportError,
                                 message: format!(
                                     "SSM reports {} ({details}, exit {code}) and the output is unusable: {why}",
                                     status.as_str()
                                 ),
-                            }
+                            },
                         };
                         (Bytes::from(text), Bytes::from(err_text), end)
                     }
@@ -729,6 +832,71 @@ impl Fetch {
         };
         let _ = self.tx.send(CollectEvent::Finished(Box::new(result))).await;
     }
+
+    /// Reads an invocation's whole standard output from the output bucket.
+    /// The agent writes it before it reports a final status, but listing
+    /// may lag: missing objects are looked for again for a few seconds.
+    async fn full_output(&self, bucket: &OutputBucket, instance: &str) -> Result<FullOutput, String> {
+        let folder = bucket.folder(&self.command_id, instance);
+        let shown = format!("s3://{}/{folder}/", bucket.bucket);
+        let started = Instant::now();
+        let meta = loop {
+            let mut listing = bucket.reader.list(Some(&folder));
+            let mut stdout = None;
+            while let Some(m) = listing.next().await {
+                let m = m.map_err(|e| format!("listing {shown} failed: {e}"))?;
+                if m.location.filename() == Some("stdout") {
+                    stdout = Some(m);
+                }
+            }
+            match stdout {
+                Some(m) => break m,
+                None if started.elapsed() < self.grace.min(OUTPUT_LAG) => tokio::time::sleep(self.poll).await,
+                None => {
+                    return Err(format!(
+                        "no stdout object under {shown} (does the instance profile allow s3:PutObject on the bucket?)"
+                    ));
+                }
+            }
+        };
+        let url = format!("s3://{}/{}", bucket.bucket, meta.location);
+        // Encoded output is at most about 4/3 of the compressed bytes; past
+        // this, it cannot decode within the limit.
+        let cap = self.max_output_bytes.saturating_mul(3).saturating_add(1 << 20);
+        let capped = meta.size > cap;
+        let read = async {
+            if capped {
+                bucket.reader.get_range(&meta.location, 0..cap).await
+            } else {
+                bucket.reader.get(&meta.location).await?.bytes().await
+            }
+        };
+        let bytes = read.await.map_err(|e| format!("reading {url} failed: {e}"))?;
+        Ok(FullOutput { text: String::from_utf8_lossy(&bytes).into_owned(), url, size: meta.size, capped })
+    }
+}
+
+/// How long to look again for an output object that is not listed yet.
+const OUTPUT_LAG: Duration = Duration::from_secs(10);
+
+/// Where the output that was decoded came from.
+enum Source {
+    /// `GetCommandInvocation`'s inline output.
+    Inline,
+    /// The whole output, from the output bucket.
+    S3(String),
+    /// The first part of an output object too large for the output limit.
+    S3Capped(String, u64),
+    /// The inline output was cut and the output bucket could not be read.
+    S3Failed(String),
+}
+
+/// An invocation's standard output read from the output bucket.
+struct FullOutput {
+    text: String,
+    url: String,
+    size: u64,
+    capped: bool,
 }
 
 fn evidence(

@@ -317,10 +317,14 @@ async fn collect_and_analyze_an_auto_scaling_group_over_ssm_into_s3() {
         .await
         .unwrap();
     moto.create_bucket("diffy-evidence").unwrap();
+    moto.create_bucket("ssm-output").unwrap();
     let planted = ids[5].clone();
+    // The "agents" write whole outputs to the output bucket, in moto.
+    let writer = diffy_aws::s3::store("ssm-output", &ctx(&moto, AwsOptions::default())).unwrap();
     let endpoint = SsmEndpoint::start(EndpointOptions {
         visible_after: Duration::from_millis(500),
         throttle_rps: Some(20.0),
+        output_writer: Some(("ssm-output".into(), Arc::new(writer))),
         ..EndpointOptions::default()
     })
     .await
@@ -338,7 +342,7 @@ async fn collect_and_analyze_an_auto_scaling_group_over_ssm_into_s3() {
         &format!(
             "name = \"ports\"\n[[query]]\nname = \"listening\"\nformat = \"lines\"\nweight = 8.0\nshell = '''\necho \
              'tcp 0.0.0.0:22 sshd'\necho 'tcp 0.0.0.0:443 nginx'\nif [ \"$DIFFY_INSTANCE_ID\" = {planted} ]; then echo \
-             'tcp 0.0.0.0:4444 nc'; fi\n'''\n"
+             'tcp 0.0.0.0:4444 nc'; head -c 30000 /dev/urandom | od -An -tx1 -v; fi\n'''\n"
         ),
     );
     let store = "s3://diffy-evidence/IR-1234";
@@ -355,6 +359,8 @@ async fn collect_and_analyze_an_auto_scaling_group_over_ssm_into_s3() {
         "IR-1234",
         "--payload",
         "payload.toml",
+        "--ssm-output",
+        "s3://ssm-output/IR-1234",
         "--format",
         "json",
     ]
@@ -370,6 +376,8 @@ async fn collect_and_analyze_an_auto_scaling_group_over_ssm_into_s3() {
     assert_eq!(r.code, 0, "collect: {}\n{}", r.stdout, r.stderr);
     let j = r.json();
     let run = j["id"].as_str().unwrap_or_else(|| panic!("run id in {j}")).to_string();
+    // The planted host's output (random bytes too) is past SSM's inline
+    // limit: whole only because it was read from the output bucket.
     assert_eq!(j["counts"]["by_status"]["ok"], 7, "{j}");
     let nt = j["not_targeted"].as_array().unwrap();
     assert_eq!(nt.len(), 1, "{j}");
@@ -392,4 +400,88 @@ async fn collect_and_analyze_an_auto_scaling_group_over_ssm_into_s3() {
     let r = d.run(&["runs", "--store", store, "--format", "json"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(r.stdout.contains("api-v001"), "{}", r.stdout);
+}
+
+/// Output past SSM's inline limit (24,000 characters) is read whole from the
+/// command's output bucket (moto's S3, written by the endpoint as the agent
+/// would); when the bucket holds nothing, the host is `truncated` and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn output_past_the_inline_limit_is_read_whole_from_the_output_bucket() {
+    let Some(moto) = Moto::start_or_skip("SSM output bucket") else { return };
+    moto.create_bucket("ssm-output").unwrap();
+    moto.create_bucket("elsewhere").unwrap();
+    let c = ctx(&moto, AwsOptions::default());
+    let writer = diffy_aws::s3::store("ssm-output", &c).unwrap();
+    let endpoint = SsmEndpoint::start(EndpointOptions {
+        output_writer: Some(("ssm-output".into(), Arc::new(writer))),
+        ..EndpointOptions::default()
+    })
+    .await
+    .unwrap();
+    let ssm = aws_sdk_ssm::Client::from_conf(
+        aws_sdk_ssm::config::Builder::from(&moto.sdk_config()).endpoint_url(endpoint.url()).build(),
+    );
+    let spec = PayloadSpec::from_toml(
+        r#"
+name = "big"
+[[query]]
+name = "dump"
+shell = 'if [ "$DIFFY_INSTANCE_ID" = "i-00000000000000001" ]; then head -c 60000 /dev/urandom | od -An -tx1 -v; else echo small; fi'
+format = "lines"
+"#,
+        "big",
+    )
+    .unwrap();
+    let hosts: Vec<Host> = ["i-00000000000000001", "i-00000000000000002"].map(|i| Host::named(i).unwrap()).to_vec();
+    let transport = |bucket: &str| {
+        let reader = diffy_aws::s3::store(bucket, &c).unwrap();
+        let o = SsmOptions::default()
+            .poll_interval(Duration::from_millis(300))
+            .visibility_grace(Duration::from_secs(2))
+            .output_bucket(diffy_transport_ssm::OutputBucket::new(bucket, "/diffy/IR-7/", Arc::new(reader)));
+        SsmTransport::new(ssm.clone(), o)
+    };
+
+    let results = collect_all(&transport("ssm-output"), hosts.clone(), spec.clone()).await;
+    let big = results.iter().find(|r| r.host.id.as_str() == "i-00000000000000001").unwrap();
+    assert_eq!(big.status, HostStatus::Ok, "{:?} {:?}", big.message, big.transport);
+    let lines = String::from_utf8_lossy(&big.queries[0].stdout).lines().count();
+    assert_eq!(lines, 60000 / 16, "every line of od's output arrived");
+    assert!(big.transport["ssm.output_chars"].parse::<usize>().unwrap() >= 24_000, "{:?}", big.transport);
+    let source = &big.transport["ssm.output_source"];
+    assert!(source.starts_with("s3://ssm-output/diffy/IR-7/"), "{source}");
+    assert!(source.ends_with("/i-00000000000000001/awsrunShellScript/0.awsrunShellScript/stdout"), "{source}");
+    let small = results.iter().find(|r| r.host.id.as_str() == "i-00000000000000002").unwrap();
+    assert_eq!(small.status, HostStatus::Ok);
+    assert!(!small.transport.contains_key("ssm.output_source"), "inline output is used when whole");
+    assert_eq!(endpoint.output_errors(), Vec::<String>::new());
+
+    // The agents may not write to this bucket: nothing there.
+    let results = collect_all(&transport("elsewhere"), hosts, spec).await;
+    let big = results.iter().find(|r| r.host.id.as_str() == "i-00000000000000001").unwrap();
+    assert_eq!(big.status, HostStatus::Truncated, "{:?}", big.message);
+    let m = big.message.as_deref().unwrap();
+    assert!(m.contains("24000") && m.contains("no stdout object under s3://elsewhere/diffy/IR-7/"), "{m}");
+    assert_eq!(big.unframed_stdout.len(), 24_000, "the cut output is kept as evidence");
+}
+
+async fn collect_all(t: &SsmTransport, hosts: Vec<Host>, spec: PayloadSpec) -> Vec<diffy_core::HostResult> {
+    let deadline = Duration::from_secs(30);
+    let script = Script::render(&spec, deadline).unwrap();
+    let request = CollectRequest {
+        hosts,
+        spec: Arc::new(spec),
+        script: Arc::new(script),
+        options: CollectOptions::default().host_deadline(deadline).grace(Duration::from_secs(1)),
+        cancel: CancellationToken::new(),
+    };
+    t.collect(request)
+        .filter_map(|e| async move {
+            match e {
+                CollectEvent::Finished(r) => Some(*r),
+                CollectEvent::Started(_) => None,
+            }
+        })
+        .collect()
+        .await
 }

@@ -60,6 +60,11 @@ fn unusable_arguments_exit_2_and_say_what_to_do() {
         (&["collect", "web", "--store", "gs://bucket/prefix"], "no store for gs:// locations", "s3://BUCKET/PREFIX"),
         (&["collect", "web", "--store", "s3://bucket/prefix"], "no AWS region is configured", "AWS_REGION"),
         (&["collect", "web", "--target", "asg", "--tag", "Service"], "\"Service\" is not a tag filter", "KEY=VALUE"),
+        (
+            &["collect", "web", "--transport", "ssm", "--ssm-output", "ssm-output/IR-1"],
+            "--ssm-output \"ssm-output/IR-1\" does not name an S3 bucket",
+            "s3://BUCKET/PREFIX",
+        ),
         (&["analyze", "web", "--threshold=0"], "threshold 0 is unusable", "above 0"),
     ];
     for (args, msg, help) in cases {
