@@ -442,7 +442,8 @@ format = "lines"
         SsmTransport::new(ssm.clone(), o)
     };
 
-    let results = collect_all(&transport("ssm-output"), hosts.clone(), spec.clone()).await;
+    let results =
+        common::collect_results(&transport("ssm-output"), hosts.clone(), spec.clone(), Duration::from_secs(30)).await;
     let big = results.iter().find(|r| r.host.id.as_str() == "i-00000000000000001").unwrap();
     assert_eq!(big.status, HostStatus::Ok, "{:?} {:?}", big.message, big.transport);
     let lines = String::from_utf8_lossy(&big.queries[0].stdout).lines().count();
@@ -457,31 +458,10 @@ format = "lines"
     assert_eq!(endpoint.output_errors(), Vec::<String>::new());
 
     // The agents may not write to this bucket: nothing there.
-    let results = collect_all(&transport("elsewhere"), hosts, spec).await;
+    let results = common::collect_results(&transport("elsewhere"), hosts, spec, Duration::from_secs(30)).await;
     let big = results.iter().find(|r| r.host.id.as_str() == "i-00000000000000001").unwrap();
     assert_eq!(big.status, HostStatus::Truncated, "{:?}", big.message);
     let m = big.message.as_deref().unwrap();
     assert!(m.contains("24000") && m.contains("no stdout object under s3://elsewhere/diffy/IR-7/"), "{m}");
     assert_eq!(big.unframed_stdout.len(), 24_000, "the cut output is kept as evidence");
-}
-
-async fn collect_all(t: &SsmTransport, hosts: Vec<Host>, spec: PayloadSpec) -> Vec<diffy_core::HostResult> {
-    let deadline = Duration::from_secs(30);
-    let script = Script::render(&spec, deadline).unwrap();
-    let request = CollectRequest {
-        hosts,
-        spec: Arc::new(spec),
-        script: Arc::new(script),
-        options: CollectOptions::default().host_deadline(deadline).grace(Duration::from_secs(1)),
-        cancel: CancellationToken::new(),
-    };
-    t.collect(request)
-        .filter_map(|e| async move {
-            match e {
-                CollectEvent::Finished(r) => Some(*r),
-                CollectEvent::Started(_) => None,
-            }
-        })
-        .collect()
-        .await
 }

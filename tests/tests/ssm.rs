@@ -55,26 +55,7 @@ async fn collect(
     spec: PayloadSpec,
     deadline: Duration,
 ) -> Vec<diffy_core::HostResult> {
-    let script = Script::render(&spec, deadline).unwrap();
-    let request = CollectRequest {
-        hosts,
-        spec: Arc::new(spec),
-        script: Arc::new(script),
-        options: CollectOptions::default()
-            .concurrency(t.default_concurrency())
-            .host_deadline(deadline)
-            .grace(Duration::from_secs(1)),
-        cancel: CancellationToken::new(),
-    };
-    t.collect(request)
-        .filter_map(|e| async move {
-            match e {
-                CollectEvent::Finished(r) => Some(*r),
-                CollectEvent::Started(_) => None,
-            }
-        })
-        .collect()
-        .await
+    common::collect_results(t, hosts, spec, deadline).await
 }
 
 /// The collection conformance suite every transport runs, over SSM: each

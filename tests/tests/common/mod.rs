@@ -109,3 +109,34 @@ pub fn filters() -> Vec<(&'static str, &'static str)> {
     ]
 }
 pub mod fleet;
+
+/// Runs `spec` on `hosts` through `t` (its default concurrency, a one-second
+/// grace) and returns the hosts' results in the order they finished.
+pub async fn collect_results(
+    t: &dyn diffy_core::Collection,
+    hosts: Vec<diffy_core::Host>,
+    spec: diffy_core::PayloadSpec,
+    deadline: std::time::Duration,
+) -> Vec<diffy_core::HostResult> {
+    use futures::StreamExt;
+    let script = diffy_core::script::Script::render(&spec, deadline).unwrap();
+    let request = diffy_core::CollectRequest {
+        hosts,
+        spec: std::sync::Arc::new(spec),
+        script: std::sync::Arc::new(script),
+        options: diffy_core::CollectOptions::default()
+            .concurrency(t.default_concurrency())
+            .host_deadline(deadline)
+            .grace(std::time::Duration::from_secs(1)),
+        cancel: tokio_util::sync::CancellationToken::new(),
+    };
+    t.collect(request)
+        .filter_map(|e| async move {
+            match e {
+                diffy_core::CollectEvent::Finished(r) => Some(*r),
+                diffy_core::CollectEvent::Started(_) => None,
+            }
+        })
+        .collect()
+        .await
+}
