@@ -9,6 +9,8 @@ use std::time::{Duration, SystemTime};
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
 use object_store::aws::{AmazonS3, AmazonS3Builder, AwsCredential};
 
+use diffy_core::{Error, Result};
+
 use crate::AwsContext;
 
 /// Whether `name` is a plausible S3 bucket name (3 to 63 characters of
@@ -31,8 +33,9 @@ pub fn parse_url(url: &str) -> Option<(String, String)> {
 /// standard chain, refreshed before they expire) and its first region.
 /// `AWS_ENDPOINT_URL_S3`, or the context's endpoint (`AWS_ENDPOINT_URL`),
 /// point it at another endpoint (path-style requests, plain HTTP allowed
-/// there).
-pub fn store(bucket: &str, aws: &AwsContext) -> object_store::Result<AmazonS3> {
+/// there). A client that cannot be built is an [`Error::Plugin`] naming
+/// the bucket.
+pub fn store(bucket: &str, aws: &AwsContext) -> Result<AmazonS3> {
     let region = aws.scopes().into_iter().next().map(|s| s.region).unwrap_or_else(|| "us-east-1".into());
     let mut b = AmazonS3Builder::new().with_bucket_name(bucket).with_region(region);
     if let Some(creds) = aws.base().credentials_provider() {
@@ -42,7 +45,12 @@ pub fn store(bucket: &str, aws: &AwsContext) -> object_store::Result<AmazonS3> {
     if let Some(e) = endpoint.filter(|e| !e.is_empty()) {
         b = b.with_allow_http(e.starts_with("http://")).with_endpoint(e).with_virtual_hosted_style_request(false);
     }
-    b.build()
+    b.build().map_err(|e| Error::Plugin {
+        plugin: "s3".into(),
+        message: format!("cannot open the S3 bucket {bucket:?}: {e}"),
+        help: None,
+        source: Some(Box::new(e)),
+    })
 }
 
 /// The AWS SDK's credential chain (profiles, SSO, assumed roles) as

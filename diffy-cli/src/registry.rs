@@ -367,27 +367,19 @@ pub fn transport(
             None => "diffy (read-only triage queries)".to_string(),
         };
         let mut o = SsmOptions::default().comment(comment);
+        // Checked before the AWS configuration loads: a typo is a usage error.
         let output = match &aws.settings().ssm_output {
             None => None,
-            Some(url) => match diffy_aws::s3::parse_url(url) {
-                Some(b) => Some((url, b)),
-                None => {
-                    return Err(diffy_core::Error::invalid_with_help(
-                        format!("--ssm-output {url:?} does not name an S3 bucket"),
-                        "write --ssm-output s3://BUCKET/PREFIX",
-                    )
-                    .into());
-                }
-            },
+            Some(url) => Some(diffy_aws::s3::parse_url(url).ok_or_else(|| {
+                diffy_core::Error::invalid_with_help(
+                    format!("--ssm-output {url:?} does not name an S3 bucket"),
+                    "write --ssm-output s3://BUCKET/PREFIX",
+                )
+            })?),
         };
         let ctx = aws.get()?;
-        if let Some((url, (bucket, prefix))) = output {
-            let reader = diffy_aws::s3::store(&bucket, &ctx).map_err(|e| diffy_core::Error::Plugin {
-                plugin: "ssm".into(),
-                message: format!("cannot read the output bucket {url}: {e}"),
-                help: None,
-                source: Some(Box::new(e)),
-            })?;
+        if let Some((bucket, prefix)) = output {
+            let reader = diffy_aws::s3::store(&bucket, &ctx)?;
             o = o.output_bucket(diffy_transport_ssm::OutputBucket::new(bucket, prefix, Arc::new(reader)));
         }
         return Ok(Arc::new(SsmTransport::with_context(ctx, o)));

@@ -140,12 +140,7 @@ impl BlobStore {
                 "write --store s3://BUCKET/PREFIX",
             ));
         };
-        let store = diffy_aws::s3::store(&bucket, aws).map_err(|e| Error::Plugin {
-            plugin: "s3 store".into(),
-            message: format!("cannot open {url}: {e}"),
-            help: None,
-            source: Some(Box::new(e)),
-        })?;
+        let store = diffy_aws::s3::store(&bucket, aws)?;
         Self::open(Arc::new(store), &prefix, "s3", url.trim_end_matches('/')).await
     }
 

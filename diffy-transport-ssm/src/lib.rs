@@ -743,12 +743,13 @@ impl Fetch {
                 let err_text = out.standard_error_content().unwrap_or_default().to_string();
                 let code = out.response_code();
                 let mut transport = evidence(&self.command_id, &self.sent, Some((&status, &details)), Some(code));
-                transport.insert("ssm.output_chars".into(), text.chars().count().to_string());
+                let inline_chars = text.chars().count();
+                transport.insert("ssm.output_chars".into(), inline_chars.to_string());
                 let timed_out = details == "Execution Timed Out" || status == CommandInvocationStatus::TimedOut;
                 let nonce = self.script.nonce();
                 let mut decoded = envelope::decode(&text, nonce, self.max_output_bytes);
                 // Cut by SSM's inline limit: the whole output may be in the output bucket.
-                let cut = text.chars().count() >= INLINE_STDOUT_LIMIT || text.contains("--output truncated--");
+                let cut = inline_chars >= INLINE_STDOUT_LIMIT || text.contains("--output truncated--");
                 let mut source = Source::Inline;
                 if let (Decoded::Damaged(_), true, Some(bucket)) = (&decoded, cut, &self.output_bucket) {
                     source = match self.full_output(bucket, &instance).await {
