@@ -93,9 +93,32 @@ impl Script {
         Ok(Self { nonce: nonce.to_string(), text: s, deadline })
     }
 
-    /// The script's text, for `sh -s` on the host.
+    /// The script's text, for `sh -s` on the host (its standard input closed
+    /// once the text is sent), or as a command (SSM).
     pub fn text(&self) -> &str {
         &self.text
+    }
+
+    /// The script for `sh -s` over a channel whose standard input the caller
+    /// keeps open while the script runs, and closes to stop it.
+    ///
+    /// The whole text is one compound command, so the shell reads all of it
+    /// before running any of it; then a watchdog waits on standard input, and
+    /// when it closes (the caller closed it, or the connection dropped and the
+    /// server closed it) it sends the script `TERM`, whose trap stops the
+    /// running query's process group. A script that ends normally stops its
+    /// watchdog and exits, without waiting for the input to close.
+    ///
+    /// This is how a transport without a second channel (a plain `ssh` child)
+    /// stops a payload on the host: dropping a local process alone does not.
+    pub fn eof_guarded_text(&self) -> String {
+        let mut s = String::with_capacity(self.text.len() + 256);
+        s.push_str("{\nexec 3<&0\n");
+        // Background lists get /dev/null as input unless redirected: read fd 3.
+        s.push_str("( while read -r _ <&3; do :; done; kill -TERM $$ ) >/dev/null 2>&1 &\n_dw=$!\n");
+        s.push_str(&self.text);
+        s.push_str("exit\n}\n");
+        s
     }
 
     /// The run's nonce.
@@ -121,13 +144,14 @@ LC_ALL=C
 export LC_ALL
 umask 077
 _dn=@NONCE@
+_dd=
+trap 'rm -rf "$_dd"; [ -z "${_dw:-}" ] || { kill "$_dw"; wait "$_dw"; } 2>/dev/null' EXIT
 _dd=$(mktemp -d "${TMPDIR:-/tmp}/diffy.XXXXXXXXXX" 2>/dev/null) || _dd=
 if [ -z "$_dd" ] || [ ! -d "$_dd" ]; then
   printf '==DIFFY:%s:FATAL cannot create a temporary directory in %s==\n' "$_dn" "${TMPDIR:-/tmp}"
   exit 97
 fi
 _dp=
-trap 'rm -rf "$_dd"' EXIT
 trap '[ -n "$_dp" ] && { kill -TERM -"$_dp" 2>/dev/null; kill -TERM "$_dp" 2>/dev/null; }; exit 143' HUP INT TERM
 _dnow=$(date +%s)
 _de=$(( _dnow + @DEADLINE@ ))
@@ -147,9 +171,9 @@ _dq() {
   if [ "$2" -gt 0 ] && [ "$2" -lt "$_l" ]; then _l=$2; fi
   printf '==DIFFY:%s:START %s==\n' "$_dn" "$1"
   if [ "$_dt" = 1 ]; then
-    timeout -k 2 "$_l" /bin/sh -c "$3" </dev/null >"$_dd/o" 2>"$_dd/e" &
+    timeout -k 2 "$_l" /bin/sh -c "$3" </dev/null >"$_dd/o" 2>"$_dd/e" 3<&- &
   else
-    /bin/sh -c "$3" </dev/null >"$_dd/o" 2>"$_dd/e" &
+    /bin/sh -c "$3" </dev/null >"$_dd/o" 2>"$_dd/e" 3<&- &
   fi
   _dp=$!
   wait "$_dp"
@@ -160,7 +184,7 @@ _dq() {
 _ds() {
   _s=$_dnow
   printf '==DIFFY:%s:START %s==\n' "$_dn" "$1"
-  { eval "$2"; } </dev/null >"$_dd/o" 2>"$_dd/e"
+  { eval "$2"; } </dev/null >"$_dd/o" 2>"$_dd/e" 3<&-
   _df "$1" $? "$_s"
 }
 "#;
@@ -559,5 +583,88 @@ mod tests {
         assert_eq!(r.status, HostStatus::NonZeroExit);
         assert_eq!(&r.unframed_stdout[..], b"sh: 1: garbage\n");
         assert!(r.queries.iter().all(|q| q.status == QueryStatus::NotRun));
+    }
+
+    /// Runs the guarded text under `shell -s`, with standard input held open.
+    fn run_guarded(shell: &str, spec: &PayloadSpec) -> (std::process::Child, std::process::ChildStdin) {
+        use std::io::Write;
+        let s = Script::render_with_nonce(spec, Duration::from_secs(60), "g1").unwrap();
+        let mut child = std::process::Command::new(shell)
+            .arg("-s")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(s.eof_guarded_text().as_bytes()).unwrap();
+        (child, stdin)
+    }
+
+    fn wait_at_most(child: &mut std::process::Child, secs: u64) -> Option<std::process::ExitStatus> {
+        let t = std::time::Instant::now();
+        while t.elapsed() < Duration::from_secs(secs) {
+            if let Some(s) = child.try_wait().unwrap() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    fn shells() -> Vec<&'static str> {
+        ["/bin/sh", "dash", "bash"]
+            .into_iter()
+            .filter(|s| std::process::Command::new(s).args(["-c", ":"]).status().is_ok_and(|x| x.success()))
+            .collect()
+    }
+
+    #[test]
+    fn guarded_script_ends_on_its_own_while_its_input_stays_open() {
+        for shell in shells() {
+            let (mut child, stdin) = run_guarded(shell, &spec());
+            let status = wait_at_most(&mut child, 10).unwrap_or_else(|| panic!("{shell}: the script ends by itself"));
+            let mut out = Vec::new();
+            std::io::Read::read_to_end(&mut child.stdout.take().unwrap(), &mut out).unwrap();
+            assert!(status.success(), "{shell}: {status}");
+            assert!(
+                String::from_utf8_lossy(&out).ends_with("==DIFFY:g1:END==\n"),
+                "{shell}: {}",
+                String::from_utf8_lossy(&out)
+            );
+            drop(stdin);
+        }
+    }
+
+    #[test]
+    fn closing_a_guarded_scripts_input_stops_it_and_its_query() {
+        for (i, shell) in shells().into_iter().enumerate() {
+            // A duration of its own, to find the query's own process.
+            let marker = format!("sleep 300.{i}{}", std::process::id());
+            let slow = PayloadSpec {
+                name: "t".into(),
+                setup: None,
+                queries: vec![Query::shell("slow", marker.clone(), OutputFormat::Lines)],
+                teardown: None,
+            };
+            let (mut child, stdin) = run_guarded(shell, &slow);
+            let running = || {
+                let ps = std::process::Command::new("ps").args(["-eo", "args"]).output().unwrap();
+                String::from_utf8_lossy(&ps.stdout).lines().any(|l| l.starts_with(&marker))
+            };
+            let t = std::time::Instant::now();
+            while !running() {
+                assert!(t.elapsed() < Duration::from_secs(10), "{shell}: the query never started");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            assert!(wait_at_most(&mut child, 1).is_none(), "{shell}: runs while its input is open");
+            drop(stdin);
+            let status = wait_at_most(&mut child, 5).unwrap_or_else(|| panic!("{shell}: closing the input stops it"));
+            assert_eq!(status.code(), Some(143), "{shell}: stopped by its TERM trap");
+            let t = std::time::Instant::now();
+            while running() {
+                assert!(t.elapsed() < Duration::from_secs(5), "{shell}: the running query is stopped too");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
     }
 }

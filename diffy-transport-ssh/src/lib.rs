@@ -1,36 +1,40 @@
 //! # diffy-transport-ssh
 //!
 //! Diffy's [`Collection`](diffy_core::Collection) over SSH, with the system
-//! OpenSSH client (through the `openssh` crate), so that `~/.ssh/config`,
-//! agents, `ProxyJump`, `ProxyCommand` and bastions work as users already have
-//! them.
+//! OpenSSH client, so that `~/.ssh/config`, agents, `ProxyJump`,
+//! `ProxyCommand` and bastions work as users already have them.
 //!
-//! Per host: one connection (a multiplexing master), one remote invocation
+//! Per host: one `ssh` process, one connection, one remote invocation
 //! (`sh -s`, or `sudo -n sh -s`) that runs every query of the payload with
-//! framed output, then the connection is closed. Hosts are worked on
-//! concurrently ([`SshOptions::concurrency`], 100 by default).
+//! framed output. Hosts are worked on concurrently
+//! ([`SshOptions::concurrency`], 100 by default).
 //!
 //! - **Host keys are checked strictly** by default: an unknown key is
 //!   `host_key_unknown`, a changed one `host_key_mismatch` (during an incident
 //!   that may mean an attacker). [`HostKeyPolicy::AcceptNew`] accepts keys of
 //!   hosts never seen before, and still refuses changed ones.
 //! - **Deadlines** are enforced on the host (each query under `timeout`) and
-//!   locally; when a deadline passes or the run is cancelled, the payload is
-//!   stopped on the host (`kill -TERM` of the script, whose trap stops the
-//!   running query's process group) before the connection is closed.
-//! - **Nothing is left behind**: control sockets live in a short private
-//!   directory (socket paths over 107 bytes fail), masters are closed after
-//!   each host, and any master left over (a connection attempt cut short) is
-//!   closed when the transport is dropped.
+//!   locally. The script's standard input stays open while it runs
+//!   ([`Script::eof_guarded_text`]): when a deadline passes or the run is
+//!   cancelled, closing it stops the script and its running query on the host,
+//!   and so does a dropped connection.
+//! - **Nothing is left behind**: no control socket and no master process; each
+//!   `ssh` child is waited for, and killed if it is dropped.
 //! - Statuses: `ok`, `partial`, `non_zero_exit`, `timed_out`, `unreachable`,
 //!   `auth_failed` (including `sudo` asking for a password),
 //!   `host_key_mismatch`, `host_key_unknown`, `transport_error`, `cancelled`.
 //! - No credential is ever sent to a host: authentication is the SSH client's.
+//!
+//! Why a plain `ssh` per host rather than a multiplexing master: the payload is
+//! one invocation, so a master would only add a process, a control socket and
+//! its protocol to every host; measured on 200 hosts, the client's CPU is
+//! then that of one key exchange per host, and there is nothing to clean up.
 #![deny(missing_docs)]
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -41,10 +45,14 @@ use diffy_core::script::{ExecEnd, Execution, Script, remote_pid};
 use diffy_core::target::{Resolution, Target};
 use diffy_core::transport::output::{Driven, drive};
 use diffy_core::{CancellationToken, Error, Host, HostId, HostStatus, Result, TargetKey};
-use openssh::{ControlPersist, KnownHosts, Session, SessionBuilder, Stdio};
 use tokio::io::AsyncWriteExt;
+use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command};
 
 const PLUGIN: &str = "ssh";
+
+/// How long a stopped payload gets to end on the host (after its standard
+/// input is closed) before the local `ssh` is killed.
+const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// What to do with host keys.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -62,6 +70,8 @@ pub enum HostKeyPolicy {
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct SshOptions {
+    /// The `ssh` program. Default `ssh`, from `PATH`.
+    pub program: PathBuf,
     /// An ssh_config file to use instead of `~/.ssh/config` (`ssh -F`).
     pub config_file: Option<PathBuf>,
     /// Remote user.
@@ -76,7 +86,7 @@ pub struct SshOptions {
     pub host_keys: HostKeyPolicy,
     /// A known_hosts file to use instead of the user's.
     pub known_hosts_file: Option<PathBuf>,
-    /// Time allowed to open the TCP connection. Default 10 s.
+    /// Time allowed to open the connection. Default 10 s.
     pub connect_timeout: Duration,
     /// Interval of keepalives; a host that answers none of three is lost. Default 10 s.
     pub keepalive: Duration,
@@ -84,14 +94,12 @@ pub struct SshOptions {
     pub sudo: bool,
     /// Hosts worked on at once. Default 100.
     pub concurrency: usize,
-    /// Where control sockets go; default a fresh `dfy-ssh-*` directory under
-    /// `$TMPDIR` when that path is short (sockets need under 108 bytes), else `/tmp`.
-    pub control_dir: Option<PathBuf>,
 }
 
 impl Default for SshOptions {
     fn default() -> Self {
         Self {
+            program: PathBuf::from("ssh"),
             config_file: None,
             user: None,
             port: None,
@@ -103,12 +111,17 @@ impl Default for SshOptions {
             keepalive: Duration::from_secs(10),
             sudo: false,
             concurrency: 100,
-            control_dir: None,
         }
     }
 }
 
 impl SshOptions {
+    /// Uses another `ssh` program.
+    pub fn program(mut self, p: impl Into<PathBuf>) -> Self {
+        self.program = p.into();
+        self
+    }
+
     /// Uses an ssh_config file.
     pub fn config_file(mut self, p: impl Into<PathBuf>) -> Self {
         self.config_file = Some(p.into());
@@ -163,6 +176,12 @@ impl SshOptions {
         self
     }
 
+    /// Sets the keepalive interval.
+    pub fn keepalive(mut self, d: Duration) -> Self {
+        self.keepalive = d;
+        self
+    }
+
     /// Sets the concurrency.
     pub fn concurrency(mut self, n: usize) -> Self {
         self.concurrency = n.max(1);
@@ -181,33 +200,33 @@ fn check_file(what: &str, p: &Path) -> Result<()> {
     }
 }
 
+/// A path for an ssh option that expands `%` tokens and `~`, and splits
+/// unquoted words (`-o UserKnownHostsFile=...`, `-i`): taken literally.
+fn literal_path(what: &str, p: &Path) -> Result<String> {
+    let s = p.to_str().ok_or_else(|| Error::invalid(format!("the {what} path {} is not UTF-8", p.display())))?;
+    if s.contains(['"', '\n', '\r']) {
+        return Err(Error::invalid(format!(
+            "the {what} path {s:?} contains a quote or a line break, which ssh cannot take"
+        )));
+    }
+    let s = s.replace('%', "%%");
+    Ok(if s.contains(char::is_whitespace) { format!("\"{s}\"") } else { s })
+}
+
+fn whole_seconds(d: Duration) -> u64 {
+    (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
+}
+
 /// The SSH transport. Wrap it in [`diffy_core::PerHost`] to get a [`diffy_core::Collection`].
 #[derive(Debug)]
 pub struct SshTransport {
     options: SshOptions,
-    builder: SessionBuilder,
-    control: Control,
-}
-
-/// The control directory: ours to clean.
-#[derive(Debug)]
-enum Control {
-    Owned(tempfile::TempDir),
-    Given(PathBuf),
-}
-
-impl Control {
-    fn path(&self) -> &Path {
-        match self {
-            Control::Owned(t) => t.path(),
-            Control::Given(p) => p,
-        }
-    }
+    /// Everything before the destination.
+    args: Vec<OsString>,
 }
 
 impl SshTransport {
-    /// A transport with `options`; checks the files it names and makes the
-    /// control directory.
+    /// A transport with `options`; checks the files it names.
     pub fn new(options: SshOptions) -> Result<Self> {
         if let Some(f) = &options.config_file {
             check_file("ssh_config file", f)?;
@@ -215,59 +234,51 @@ impl SshTransport {
         if let Some(f) = &options.identity_file {
             check_file("identity file", f)?;
         }
-        let control = match &options.control_dir {
-            Some(d) => {
-                std::fs::create_dir_all(d).map_err(|e| Error::io(PLUGIN, "create", d, e))?;
-                Control::Given(d.clone())
-            }
-            None => {
-                // Short: unix socket paths must stay under 108 bytes, so
-                // $TMPDIR only when its path is short, else /tmp.
-                let tmp = std::env::temp_dir();
-                let base = if tmp.as_os_str().len() <= 40 && tmp.is_dir() { tmp.as_path() } else { Path::new("/tmp") };
-                let dir = tempfile::Builder::new()
-                    .prefix("dfy-ssh-")
-                    .tempdir_in(if base.is_dir() { base } else { Path::new(".") })
-                    .map_err(|e| Error::io(PLUGIN, "create", base, e))?;
-                Control::Owned(dir)
-            }
+        let mut args: Vec<OsString> = Vec::new();
+        let mut opt = |o: String| {
+            args.push("-o".into());
+            args.push(o.into());
         };
-        let longest = control.path().as_os_str().len() + "/.ssh-connectionXXXXXX/master".len();
-        if longest > 100 {
-            return Err(Error::invalid_with_help(
-                format!("the control directory {} is too long for ssh's control sockets", control.path().display()),
-                "choose a control directory with a short path, such as one under /tmp",
-            ));
-        }
-        let mut b = SessionBuilder::default();
-        b.known_hosts_check(match options.host_keys {
-            HostKeyPolicy::Strict => KnownHosts::Strict,
-            HostKeyPolicy::AcceptNew => KnownHosts::Add,
-        })
-        .connect_timeout(options.connect_timeout)
-        .server_alive_interval(options.keepalive)
-        .control_directory(control.path())
-        // A master orphaned by a crash exits once idle, instead of forever.
-        .control_persist(ControlPersist::IdleFor(std::num::NonZeroUsize::new(60).expect("60 is not zero")));
-        if let Some(f) = &options.config_file {
-            b.config_file(f);
-        }
-        if let Some(u) = &options.user {
-            b.user(u.clone());
-        }
-        if let Some(p) = options.port {
-            b.port(p);
+        opt("BatchMode=yes".into());
+        // One connection of our own: never a master, never someone else's.
+        opt("ControlMaster=no".into());
+        opt("ControlPath=none".into());
+        opt(format!(
+            "StrictHostKeyChecking={}",
+            match options.host_keys {
+                HostKeyPolicy::Strict => "yes",
+                HostKeyPolicy::AcceptNew => "accept-new",
+            }
+        ));
+        opt(format!("ConnectTimeout={}", whole_seconds(options.connect_timeout)));
+        opt(format!("ServerAliveInterval={}", whole_seconds(options.keepalive)));
+        opt("ServerAliveCountMax=3".into());
+        if let Some(k) = &options.known_hosts_file {
+            opt(format!("UserKnownHostsFile={}", literal_path("known_hosts file", k)?));
         }
         if let Some(k) = &options.identity_file {
-            b.keyfile(k);
+            opt("IdentitiesOnly=yes".into());
+            opt(format!("IdentityFile={}", literal_path("identity file", k)?));
+        }
+        // No terminal: the output is data, and no escape character is read.
+        args.push("-T".into());
+        if let Some(f) = &options.config_file {
+            args.push("-F".into());
+            args.push(f.into());
+        }
+        if let Some(u) = &options.user {
+            args.push("-l".into());
+            args.push(u.into());
+        }
+        if let Some(p) = options.port {
+            args.push("-p".into());
+            args.push(p.to_string().into());
         }
         if !options.jump_hosts.is_empty() {
-            b.jump_hosts(&options.jump_hosts);
+            args.push("-J".into());
+            args.push(options.jump_hosts.join(",").into());
         }
-        if let Some(k) = &options.known_hosts_file {
-            b.user_known_hosts_file(k);
-        }
-        Ok(Self { options, builder: b, control })
+        Ok(Self { options, args })
     }
 
     /// The options.
@@ -275,50 +286,19 @@ impl SshTransport {
         &self.options
     }
 
-    /// The control directory.
-    pub fn control_dir(&self) -> &Path {
-        self.control.path()
-    }
-
-    fn remote_command<'s>(&self, session: &'s Session, program: &str) -> openssh::OwningCommand<&'s Session> {
+    /// The `ssh` command line for `destination`.
+    pub fn command_line(&self, destination: &str) -> Vec<OsString> {
+        let mut v = Vec::with_capacity(self.args.len() + 7);
+        v.push(self.options.program.clone().into_os_string());
+        v.extend(self.args.iter().cloned());
+        v.push("--".into());
+        v.push(destination.into());
         if self.options.sudo {
-            let mut c = session.command("sudo");
-            c.arg("-n").arg(program);
-            c
+            v.extend(["sudo", "-n", "sh", "-s"].map(OsString::from));
         } else {
-            session.command(program)
+            v.extend(["sh", "-s"].map(OsString::from));
         }
-    }
-
-    /// Stops the payload script on the host (its trap stops the running query).
-    async fn stop_remote(&self, session: &Session, pid: u32) {
-        let mut c = self.remote_command(session, "kill");
-        c.arg("-TERM").arg(pid.to_string()).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
-        if tokio::time::timeout(Duration::from_secs(5), c.status()).await.is_err() {
-            tracing::warn!("stopping the payload (pid {pid}) on the host took too long");
-        }
-    }
-}
-
-impl Drop for SshTransport {
-    fn drop(&mut self) {
-        // Masters whose connection attempt was cut short may still be up:
-        // ask each to exit, through its control socket.
-        let Ok(entries) = std::fs::read_dir(self.control.path()) else { return };
-        for e in entries.flatten() {
-            let socket = e.path().join("master");
-            if socket.exists() {
-                let _ = std::process::Command::new("ssh")
-                    .arg("-S")
-                    .arg(&socket)
-                    .args(["-O", "exit", "diffy-cleanup"])
-                    .stdin(std::process::Stdio::null())
-                    .stdout(std::process::Stdio::null())
-                    .stderr(std::process::Stdio::null())
-                    .status();
-            }
-            let _ = std::fs::remove_dir_all(e.path());
-        }
+        v
     }
 }
 
@@ -374,17 +354,6 @@ pub fn classify(text: &str) -> (HostStatus, String) {
     (HostStatus::TransportError, format!("ssh failed ({said})"))
 }
 
-fn error_text(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
-
 fn failed(
     status: HostStatus,
     message: String,
@@ -401,6 +370,43 @@ fn failed(
     }
 }
 
+fn shown(args: &[OsString]) -> String {
+    let words: Vec<String> = args
+        .iter()
+        .map(|a| {
+            let a = a.to_string_lossy();
+            let plain = !a.is_empty() && a.chars().all(|c| c.is_ascii_alphanumeric() || "_@%+=:,./-".contains(c));
+            if plain { a.into_owned() } else { shlex::try_quote(&a).map_or_else(|_| a.to_string(), |q| q.into_owned()) }
+        })
+        .collect();
+    words.join(" ")
+}
+
+/// Stops a payload whose run ends early: closes its standard input, which
+/// stops the script on the host, and gives it [`STOP_GRACE`] to end (reading
+/// and dropping what still comes) before killing the local `ssh`.
+async fn stop(
+    child: &mut Child,
+    stdin: Option<ChildStdin>,
+    out: &mut ChildStdout,
+    err: &mut ChildStderr,
+    started_on_host: bool,
+) {
+    drop(stdin);
+    if started_on_host {
+        let (mut sink_out, mut sink_err) = (tokio::io::sink(), tokio::io::sink());
+        let drained = async {
+            let _ =
+                tokio::join!(tokio::io::copy(out, &mut sink_out), tokio::io::copy(err, &mut sink_err), child.wait());
+        };
+        if tokio::time::timeout(STOP_GRACE, drained).await.is_err() {
+            tracing::warn!("the payload did not end within {STOP_GRACE:?} of being stopped; closing the connection");
+        }
+    }
+    let _ = child.start_kill();
+    let _ = child.wait().await;
+}
+
 #[async_trait]
 impl HostExec for SshTransport {
     fn name(&self) -> &str {
@@ -415,7 +421,9 @@ impl HostExec for SshTransport {
         let started_at = Utc::now();
         let begun = Instant::now();
         let destination = host.address().to_string();
-        let mut transport = BTreeMap::from([("destination".to_string(), destination.clone())]);
+        let line = self.command_line(&destination);
+        let mut transport =
+            BTreeMap::from([("destination".to_string(), destination.clone()), ("command".to_string(), shown(&line))]);
         if cancel.is_cancelled() {
             return failed(
                 HostStatus::Cancelled,
@@ -424,65 +432,57 @@ impl HostExec for SshTransport {
                 transport,
             );
         }
-        // A connection attempt is not raced against cancellation: cutting it
-        // short could orphan a master. The connect timeout bounds it.
-        let connect = tokio::time::timeout(limits.deadline, self.builder.connect_mux(&destination)).await;
-        let session = match connect {
-            Err(_) => {
+        let mut cmd = Command::new(&line[0]);
+        cmd.args(&line[1..]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
                 return failed(
-                    HostStatus::TimedOut,
-                    format!("connecting took longer than the host's deadline ({}s)", limits.deadline.as_secs()),
+                    HostStatus::TransportError,
+                    format!("cannot start {}: {e}", self.options.program.display()),
                     started_at,
                     transport,
                 );
             }
-            Ok(Err(e)) => {
-                let (status, message) = classify(&error_text(&e));
-                return failed(status, message, started_at, transport);
-            }
-            Ok(Ok(s)) => s,
         };
-        transport.insert("connect_ms".into(), begun.elapsed().as_millis().to_string());
-        if cancel.is_cancelled() {
-            let _ = session.close().await;
-            return failed(
-                HostStatus::Cancelled,
-                "the run was interrupted before the payload started".into(),
-                started_at,
-                transport,
-            );
-        }
-        let mut cmd = self.remote_command(&session, "sh");
-        cmd.arg("-s").stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-        let mut child = match cmd.spawn().await {
-            Ok(c) => c,
-            Err(e) => {
-                let (status, message) = classify(&error_text(&e));
-                let _ = session.close().await;
-                return failed(status, message, started_at, transport);
-            }
-        };
-        let stdin = child.stdin().take();
-        let text = script.text().to_string();
+        // Held open while the payload runs: closing it stops the payload.
+        let mut stdin = child.stdin.take().expect("stdin is piped");
+        let text = script.eof_guarded_text();
         let writer = tokio::spawn(async move {
-            if let Some(mut stdin) = stdin {
-                let _ = stdin.write_all(text.as_bytes()).await;
-                let _ = stdin.shutdown().await;
-            }
+            let _ = stdin.write_all(text.as_bytes()).await;
+            let _ = stdin.flush().await;
+            stdin
         });
-        let mut out = child.stdout().take().expect("stdout is piped");
-        let mut err = child.stderr().take().expect("stderr is piped");
-        let remaining = limits.deadline.saturating_sub(begun.elapsed());
-        let running = Instant::now();
-        let (o, e, driven) = drive(&mut out, &mut err, child.wait(), remaining, limits.max_output_bytes, cancel).await;
+        let mut out = child.stdout.take().expect("stdout is piped");
+        let mut err = child.stderr.take().expect("stderr is piped");
+        let (o, e, driven) =
+            drive(&mut out, &mut err, child.wait(), limits.deadline, limits.max_output_bytes, cancel).await;
+        // The script, or nothing if writing it had not finished.
         writer.abort();
-        transport.insert("run_ms".into(), running.elapsed().as_millis().to_string());
+        let stdin = writer.await.ok();
+        let started_on_host = remote_pid(&o.bytes, script.nonce()).is_some();
         let stderr_text = String::from_utf8_lossy(&e.bytes).to_string();
         let end = match driven {
             Driven::Exited(Ok(status)) => {
+                drop(stdin);
                 let code = status.code().unwrap_or(-1);
                 transport.insert("exit_code".into(), code.to_string());
-                if self.options.sudo && code != 0 && stderr_text.contains("sudo:") && stderr_text.contains("password") {
+                if code == 255 && !started_on_host {
+                    let (status, message) = classify(&stderr_text);
+                    ExecEnd::Failed { status, message }
+                } else if code == 255 && !has_end(&o.bytes, script.nonce()) {
+                    let said = stderr_text.lines().map(str::trim).rfind(|l| !l.is_empty()).unwrap_or("");
+                    ExecEnd::Failed {
+                        status: HostStatus::Unreachable,
+                        message: format!(
+                            "the connection was lost while the payload ran; what arrived is kept ({said})"
+                        ),
+                    }
+                } else if self.options.sudo
+                    && code != 0
+                    && stderr_text.contains("sudo:")
+                    && stderr_text.contains("password")
+                {
                     ExecEnd::Failed {
                         status: HostStatus::AuthFailed,
                         message: format!("sudo -n refused to run without a password ({})", stderr_text.trim()),
@@ -491,31 +491,32 @@ impl HostExec for SshTransport {
                     ExecEnd::Exited(code)
                 }
             }
-            Driven::Exited(Err(e)) => ExecEnd::Failed {
-                status: HostStatus::Unreachable,
-                message: format!(
-                    "the connection was lost while the payload ran; what arrived is kept ({})",
-                    error_text(&e)
-                ),
-            },
+            Driven::Exited(Err(e)) => {
+                drop(stdin);
+                ExecEnd::Failed { status: HostStatus::TransportError, message: format!("waiting for ssh failed: {e}") }
+            }
             other => {
-                if let Some(pid) = remote_pid(&o.bytes, script.nonce()) {
-                    self.stop_remote(&session, pid).await;
-                }
+                stop(&mut child, stdin, &mut out, &mut err, started_on_host).await;
                 match other {
+                    Driven::TimedOut if !started_on_host => ExecEnd::Failed {
+                        status: HostStatus::TimedOut,
+                        message: format!(
+                            "the payload had not started when the host's deadline ({}s) passed: connecting, authenticating or starting the remote shell took too long",
+                            limits.deadline.as_secs()
+                        ),
+                    },
                     Driven::TimedOut => ExecEnd::TimedOut,
+                    Driven::Cancelled if !started_on_host => ExecEnd::Failed {
+                        status: HostStatus::Cancelled,
+                        message: "the run was interrupted before the payload started".into(),
+                    },
                     Driven::Cancelled => ExecEnd::Cancelled,
                     Driven::OutputLimit(n) => ExecEnd::OutputLimit(n),
                     Driven::Exited(_) => unreachable!("handled above"),
                 }
             }
         };
-        drop((out, err));
-        let closing = Instant::now();
-        if tokio::time::timeout(Duration::from_secs(5), session.close()).await.is_err() {
-            tracing::warn!("closing the connection to {destination} took too long");
-        }
-        transport.insert("close_ms".into(), closing.elapsed().as_millis().to_string());
+        transport.insert("run_ms".into(), begun.elapsed().as_millis().to_string());
         Execution {
             stdout: Bytes::from(o.bytes),
             stderr: Bytes::from(e.bytes),
@@ -525,6 +526,12 @@ impl HostExec for SshTransport {
             transport,
         }
     }
+}
+
+/// Whether the payload's end marker arrived.
+fn has_end(stdout: &[u8], nonce: &str) -> bool {
+    let marker = format!("==DIFFY:{nonce}:END==");
+    memchr::memmem::find(stdout, marker.as_bytes()).is_some()
 }
 
 /// The hosts named by the `Host` entries of an ssh_config file (patterns with
@@ -614,15 +621,28 @@ mod tests {
     }
 
     #[test]
-    fn control_dir_must_be_short() {
-        let long = std::env::temp_dir().join("x".repeat(90));
-        let err = SshTransport::new(SshOptions { control_dir: Some(long.clone()), ..Default::default() }).unwrap_err();
-        assert!(err.to_string().contains("too long"), "{err}");
-        let _ = std::fs::remove_dir_all(long);
-        let t = SshTransport::new(SshOptions::default()).unwrap();
-        let dir = t.control_dir().to_path_buf();
-        assert!(dir.to_string_lossy().starts_with("/tmp/dfy-ssh-"), "{}", dir.display());
-        drop(t);
-        assert!(!dir.exists(), "the control directory is removed with the transport");
+    fn command_line_is_quoted_and_strict() {
+        let t = SshTransport::new(
+            SshOptions::default().user("ec2-user").port(2222).jump_host("bastion").jump_host("inner").sudo(true),
+        )
+        .unwrap();
+        let line = shown(&t.command_line("web-1"));
+        assert!(
+            line.starts_with(
+                "ssh -o BatchMode=yes -o ControlMaster=no -o ControlPath=none -o StrictHostKeyChecking=yes"
+            ),
+            "{line}"
+        );
+        assert!(line.ends_with("-T -l ec2-user -p 2222 -J bastion,inner -- web-1 sudo -n sh -s"), "{line}");
+        let t = SshTransport::new(
+            SshOptions::default().host_keys(HostKeyPolicy::AcceptNew).known_hosts_file("/srv/ir 7/known_%h"),
+        )
+        .unwrap();
+        let line = shown(&t.command_line("db-1"));
+        assert!(line.contains("StrictHostKeyChecking=accept-new"), "{line}");
+        assert!(line.contains(r#"'UserKnownHostsFile="/srv/ir 7/known_%%h"'"#), "{line}");
+        assert!(line.ends_with("-T -- db-1 sh -s"), "{line}");
+        let err = SshTransport::new(SshOptions::default().identity_file("/nonexistent/id")).unwrap_err();
+        assert!(err.to_string().contains("identity file /nonexistent/id does not exist"), "{err}");
     }
 }

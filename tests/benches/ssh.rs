@@ -7,7 +7,8 @@
 //!
 //! `cargo bench -p diffy-tests --bench ssh` (as root; needs openssh-server,
 //! socat and pssh). Sizes: DIFFY_BENCH_SSH_SIZES=100,200. Runs per cell:
-//! DIFFY_BENCH_RUNS=3 (the median is shown).
+//! DIFFY_BENCH_RUNS=5 (medians are shown; the runs interleave, and each
+//! is printed on stderr).
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
@@ -136,9 +137,20 @@ fn pssh(cfg: &Path, hosts_file: &Path, script: &Path, out: &Path) {
     assert!(status.success(), "parallel-ssh reported failures");
 }
 
-fn median(mut v: Vec<(f64, f64)>) -> (f64, f64) {
-    v.sort_by(|a, b| a.0.total_cmp(&b.0));
-    v[v.len() / 2]
+/// Median wall time and median CPU time (each on its own).
+fn median(v: Vec<(f64, f64)>) -> (f64, f64) {
+    let mid = |mut x: Vec<f64>| {
+        x.sort_by(f64::total_cmp);
+        x[x.len() / 2]
+    };
+    (mid(v.iter().map(|m| m.0).collect()), mid(v.iter().map(|m| m.1).collect()))
+}
+
+/// Median, lowest and highest.
+fn spread(v: &[f64]) -> (f64, f64, f64) {
+    let mut x = v.to_vec();
+    x.sort_by(f64::total_cmp);
+    (x[x.len() / 2], x[0], x[x.len() - 1])
 }
 
 fn main() {
@@ -156,7 +168,7 @@ fn main() {
         .split(',')
         .map(|s| s.trim().parse().expect("sizes are numbers"))
         .collect();
-    let runs: usize = std::env::var("DIFFY_BENCH_RUNS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
+    let runs: usize = std::env::var("DIFFY_BENCH_RUNS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
     let work = tempfile::tempdir().unwrap();
     let script = work.path().join("payload.sh");
     let rendered = Script::render(&ShellPayload::pack(), Duration::from_secs(120)).unwrap();
@@ -177,25 +189,34 @@ fn main() {
         )
         .unwrap();
         let list = hosts(&dir);
-        for (kex, cfg) in [("default (sntrup761x25519)", &cfg_default), ("curve25519-sha256", &cfg_curve)] {
-            let floor_m = median((0..runs).map(|_| measure(|| floor(cfg, &list))).collect());
-            let diffy_m = median(
-                (0..runs)
-                    .map(|i| {
-                        let store = work.path().join(format!("store-{n}-{i}-{}", kex.len()));
-                        measure(|| diffy(cfg, &store))
-                    })
-                    .collect(),
-            );
-            let pssh_m = median(
-                (0..runs)
-                    .map(|i| {
-                        let out = work.path().join(format!("pssh-{n}-{i}-{}", kex.len()));
-                        measure(|| pssh(cfg, &dir.join("hosts.txt"), &script, &out))
-                    })
-                    .collect(),
-            );
-            rows.push((n, kex, floor_m, diffy_m, pssh_m));
+        let kexes = [("default (sntrup761x25519)", &cfg_default), ("curve25519-sha256", &cfg_curve)];
+        // Runs interleave (floor, diffy, parallel-ssh, for each key exchange,
+        // then again), so that a slow spell of the machine hits all alike.
+        let mut cells: Vec<[Vec<(f64, f64)>; 3]> = kexes.iter().map(|_| [vec![], vec![], vec![]]).collect();
+        for i in 0..runs {
+            for (k, (kex, cfg)) in kexes.iter().enumerate() {
+                let f = measure(|| floor(cfg, &list));
+                let store = work.path().join(format!("store-{n}-{i}-{k}"));
+                let d = measure(|| diffy(cfg, &store));
+                let out = work.path().join(format!("pssh-{n}-{i}-{k}"));
+                let p = measure(|| pssh(cfg, &dir.join("hosts.txt"), &script, &out));
+                eprintln!(
+                    "{n} hosts, {kex}, run {}: floor {:.2} s CPU; diffy {:.2} s wall, {:.2} s CPU; parallel-ssh {:.2} s wall, {:.2} s CPU",
+                    i + 1,
+                    f.1,
+                    d.0,
+                    d.1,
+                    p.0,
+                    p.1
+                );
+                cells[k][0].push(f);
+                cells[k][1].push(d);
+                cells[k][2].push(p);
+            }
+        }
+        for ((kex, _), [f, d, p]) in kexes.iter().zip(cells) {
+            let ratios: Vec<f64> = f.iter().zip(&d).map(|(f, d)| d.1 / f.1).collect();
+            rows.push((n, *kex, median(f), median(d), median(p), spread(&ratios)));
         }
         assert!(fleet(&["down"], &dir, &prefix), "the fleet goes down");
     }
@@ -205,18 +226,13 @@ fn main() {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
     println!(
-        "| hosts | key exchange | diffy wall | parallel-ssh wall | diffy client CPU | parallel-ssh client CPU | floor CPU (ssh true) | diffy CPU / floor |"
+        "| hosts | key exchange | diffy wall | parallel-ssh wall | diffy client CPU | parallel-ssh client CPU | floor CPU (ssh true) | diffy CPU / floor (median, range) |"
     );
     println!("|---:|---|---:|---:|---:|---:|---:|---:|");
-    for (n, kex, floor_m, diffy_m, pssh_m) in rows {
+    for (n, kex, floor_m, diffy_m, pssh_m, (ratio, low, high)) in rows {
         println!(
-            "| {n} | {kex} | {:.2} s | {:.2} s | {:.2} s | {:.2} s | {:.2} s | {:.2} |",
-            diffy_m.0,
-            pssh_m.0,
-            diffy_m.1,
-            pssh_m.1,
-            floor_m.1,
-            diffy_m.1 / floor_m.1
+            "| {n} | {kex} | {:.2} s | {:.2} s | {:.2} s | {:.2} s | {:.2} s | {ratio:.2} ({low:.2}–{high:.2}) |",
+            diffy_m.0, pssh_m.0, diffy_m.1, pssh_m.1, floor_m.1,
         );
     }
 }

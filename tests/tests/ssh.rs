@@ -25,18 +25,18 @@ fn ssh_args(fleet: &Fleet) -> Vec<String> {
     ]
 }
 
-fn leftovers(tag: &str) -> Vec<String> {
+/// Processes whose command line names `needle`.
+fn processes_naming(needle: &str) -> Vec<String> {
     let ps = std::process::Command::new("ps").args(["-eo", "pid,args"]).output().unwrap();
     String::from_utf8_lossy(&ps.stdout)
         .lines()
-        .filter(|l| l.contains(tag) && !l.contains("ps -eo"))
+        .filter(|l| l.contains(needle) && !l.contains("ps -eo"))
         .map(str::to_string)
         .collect()
 }
 
-/// A short temporary directory of a test's own (diffy puts its ssh control
-/// directory under `$TMPDIR`), so tests running alongside do not blur what
-/// one run leaves behind.
+/// A temporary directory of a test's own, given to diffy as `$TMPDIR`, so that
+/// what one run leaves behind is not blurred by tests running alongside.
 struct OwnTmp(PathBuf);
 
 impl OwnTmp {
@@ -50,11 +50,13 @@ impl OwnTmp {
         self.0.to_str().unwrap()
     }
 
-    /// No control directory and no ssh master of this run remain.
-    fn assert_nothing_left(&self) {
+    /// Nothing of the run is left: no file in its `$TMPDIR`, and no `ssh`
+    /// (nor anything else) still running with the fleet's ssh_config.
+    fn assert_nothing_left(&self, fleet: &Fleet) {
         let left: Vec<_> = std::fs::read_dir(&self.0).unwrap().map(|e| e.unwrap().path()).collect();
-        assert!(left.is_empty(), "no control directory is left behind: {left:?}");
-        assert!(leftovers(self.env()).is_empty(), "no ssh master is left behind: {:?}", leftovers(self.env()));
+        assert!(left.is_empty(), "nothing is left in $TMPDIR: {left:?}");
+        let running = processes_naming(&fleet.ssh_config().display().to_string());
+        assert!(running.is_empty(), "no ssh is left running: {running:?}");
     }
 }
 
@@ -125,7 +127,7 @@ fn twenty_hosts_three_compromised_are_exactly_the_outliers() {
     for h in report.hosts.iter().filter(|h| !outliers.contains(h.host.as_str())) {
         assert!(h.findings.is_empty(), "identical clean hosts have nothing to say: {h:#?}");
     }
-    tmp.assert_nothing_left();
+    tmp.assert_nothing_left(&fleet);
 }
 
 #[test]
@@ -249,16 +251,22 @@ fn sudo_asking_for_a_password_is_auth_failed() {
     assert!(denied["message"].as_str().unwrap().contains("sudo -n refused to run without a password"), "{denied}");
 }
 
-#[test]
-fn ctrl_c_over_ssh_leaves_nothing_behind() {
-    let Some(fleet) = Fleet::up(4, "int") else { return };
-    let d = Diffy::new();
-    let marker = format!("diffy-int-{}", std::process::id());
+/// How many processes of `fleet`'s host `h` run the marked slow query.
+fn running_on(fleet: &Fleet, h: &str, marker: &str) -> u32 {
+    // The query shows as `timeout ... sh -c 'sleep 600 # marker'` and `sh -c ...`.
+    String::from_utf8_lossy(&fleet.exec(h, &format!("ps -eo args | grep -c '[s]leep 600 # {marker}' || true")).stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}
+
+/// Starts `diffy collect` of a query that sleeps for ten minutes on every
+/// host, and returns once it runs everywhere.
+fn start_slow_run(fleet: &Fleet, d: &Diffy, tmp: &OwnTmp, marker: &str) -> std::process::Child {
     d.write("slow.toml", &format!("[[query]]\nname = \"slow\"\nshell = '''sleep 600 # {marker}'''\n"));
-    let tmp = OwnTmp::new("int");
     let mut args: Vec<String> =
         ["collect", "fleet", "--payload", "slow.toml", "--deadline", "10m"].map(String::from).to_vec();
-    args.extend(ssh_args(&fleet));
+    args.extend(ssh_args(fleet));
     let child = d
         .command(&args.iter().map(String::as_str).collect::<Vec<_>>())
         .env("TMPDIR", tmp.env())
@@ -266,35 +274,60 @@ fn ctrl_c_over_ssh_leaves_nothing_behind() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // Wait until the payload runs on every host.
     let t = Instant::now();
-    loop {
-        // The query shows as `timeout ... sh -c 'sleep 600 # marker'` and `sh -c ...`.
-        let running = fleet.hosts.iter().filter(|h| {
-            let n = String::from_utf8_lossy(
-                &fleet.exec(h, &format!("ps -eo args | grep -c '[s]leep 600 # {marker}' || true")).stdout,
-            )
-            .trim()
-            .to_string();
-            n.parse::<u32>().unwrap_or(0) > 0
-        });
-        if running.count() == fleet.hosts.len() {
-            break;
-        }
+    while fleet.hosts.iter().any(|h| running_on(fleet, h, marker) == 0) {
         assert!(t.elapsed() < Duration::from_secs(30), "the payload never started everywhere");
         std::thread::sleep(Duration::from_millis(200));
     }
+    child
+}
+
+/// Waits up to ten seconds for the marked query to be gone from every host.
+fn assert_stopped_everywhere(fleet: &Fleet, marker: &str) {
+    let t = Instant::now();
+    loop {
+        let left: Vec<&String> = fleet.hosts.iter().filter(|h| running_on(fleet, h, marker) > 0).collect();
+        if left.is_empty() {
+            return;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "the payload still runs on {left:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn ctrl_c_over_ssh_leaves_nothing_behind() {
+    let Some(fleet) = Fleet::up(4, "int") else { return };
+    let d = Diffy::new();
+    let tmp = OwnTmp::new("int");
+    let marker = format!("diffy-int-{}", std::process::id());
+    let child = start_slow_run(&fleet, &d, &tmp, &marker);
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+    let t = Instant::now();
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
-    std::thread::sleep(Duration::from_millis(500));
-    for h in &fleet.hosts {
-        let n = String::from_utf8_lossy(
-            &fleet.exec(h, &format!("ps -eo args | grep -c '[s]leep 600 # {marker}' || true")).stdout,
-        )
-        .trim()
-        .to_string();
-        assert_eq!(n, "0", "{h}: the payload was stopped on the host");
+    assert!(t.elapsed() < Duration::from_secs(8), "Ctrl-C ends the run at once: {:?}", t.elapsed());
+    assert_stopped_everywhere(&fleet, &marker);
+    tmp.assert_nothing_left(&fleet);
+}
+
+/// Even a diffy killed outright (no chance to clean up) stops the payloads:
+/// its `ssh` children see their input close, the hosts see the end of input,
+/// and the script's watchdog stops it.
+#[test]
+fn a_killed_diffy_still_stops_the_payloads_on_the_hosts() {
+    let Some(fleet) = Fleet::up(3, "kil") else { return };
+    let d = Diffy::new();
+    let tmp = OwnTmp::new("kil");
+    let marker = format!("diffy-kil-{}", std::process::id());
+    let mut child = start_slow_run(&fleet, &d, &tmp, &marker);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_stopped_everywhere(&fleet, &marker);
+    let t = Instant::now();
+    while !processes_naming(&fleet.ssh_config().display().to_string()).is_empty() {
+        assert!(t.elapsed() < Duration::from_secs(10), "the ssh children end with their connections");
+        std::thread::sleep(Duration::from_millis(200));
     }
-    tmp.assert_nothing_left();
+    tmp.assert_nothing_left(&fleet);
 }
