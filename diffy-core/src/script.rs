@@ -334,6 +334,12 @@ pub fn remote_pid(stdout: &[u8], nonce: &str) -> Option<u32> {
     std::str::from_utf8(&rest[..end]).ok()?.parse().ok()
 }
 
+/// Whether the payload script's `END` frame has arrived: a transport that
+/// sees its connection fail can tell a lost run from one that ended.
+pub fn payload_ended(stdout: &[u8], nonce: &str) -> bool {
+    memchr::memmem::find(stdout, format!("==DIFFY:{nonce}:END==").as_bytes()).is_some()
+}
+
 fn first_line(bytes: &[u8]) -> String {
     let text = String::from_utf8_lossy(bytes);
     let line = text.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("");
@@ -546,6 +552,9 @@ mod tests {
         assert_eq!(r.facts.hostname.as_deref(), Some("web-1"));
         assert_eq!(remote_pid(&out, "n1"), Some(4242));
         assert_eq!(remote_pid(b"==DIFFY:n1:BEGIN ", "n1"), None);
+        assert!(payload_ended(&out, "n1"));
+        assert!(!payload_ended(&out, "n2"), "another run's end marker is not this one's");
+        assert!(!payload_ended(b"==DIFFY:n1:BEGIN 1 h==\n", "n1"));
         assert_eq!(&r.queries[0].stdout[..], body);
         assert_eq!(&r.queries[0].stderr[..], b"err");
         assert_eq!(r.queries[0].status, QueryStatus::Ok);

@@ -41,7 +41,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::Utc;
 use diffy_core::collection::{ExecLimits, HostExec};
-use diffy_core::script::{ExecEnd, Execution, Script, remote_pid};
+use diffy_core::script::{ExecEnd, Execution, Script, payload_ended, remote_pid};
 use diffy_core::target::{Resolution, Target};
 use diffy_core::transport::output::{Driven, drive};
 use diffy_core::{CancellationToken, Error, Host, HostId, HostStatus, Result, TargetKey};
@@ -470,7 +470,7 @@ impl HostExec for SshTransport {
                 if code == 255 && !started_on_host {
                     let (status, message) = classify(&stderr_text);
                     ExecEnd::Failed { status, message }
-                } else if code == 255 && !has_end(&o.bytes, script.nonce()) {
+                } else if code == 255 && !payload_ended(&o.bytes, script.nonce()) {
                     let said = stderr_text.lines().map(str::trim).rfind(|l| !l.is_empty()).unwrap_or("");
                     ExecEnd::Failed {
                         status: HostStatus::Unreachable,
@@ -526,12 +526,6 @@ impl HostExec for SshTransport {
             transport,
         }
     }
-}
-
-/// Whether the payload's end marker arrived.
-fn has_end(stdout: &[u8], nonce: &str) -> bool {
-    let marker = format!("==DIFFY:{nonce}:END==");
-    memchr::memmem::find(stdout, marker.as_bytes()).is_some()
 }
 
 /// The hosts named by the `Host` entries of an ssh_config file (patterns with

@@ -138,12 +138,10 @@ fn pssh(cfg: &Path, hosts_file: &Path, script: &Path, out: &Path) {
 }
 
 /// Median wall time and median CPU time (each on its own).
-fn median(v: Vec<(f64, f64)>) -> (f64, f64) {
-    let mid = |mut x: Vec<f64>| {
-        x.sort_by(f64::total_cmp);
-        x[x.len() / 2]
-    };
-    (mid(v.iter().map(|m| m.0).collect()), mid(v.iter().map(|m| m.1).collect()))
+fn median(v: &[(f64, f64)]) -> (f64, f64) {
+    let wall: Vec<f64> = v.iter().map(|m| m.0).collect();
+    let cpu: Vec<f64> = v.iter().map(|m| m.1).collect();
+    (spread(&wall).0, spread(&cpu).0)
 }
 
 /// Median, lowest and highest.
@@ -216,7 +214,7 @@ fn main() {
         }
         for ((kex, _), [f, d, p]) in kexes.iter().zip(cells) {
             let ratios: Vec<f64> = f.iter().zip(&d).map(|(f, d)| d.1 / f.1).collect();
-            rows.push((n, *kex, median(f), median(d), median(p), spread(&ratios)));
+            rows.push((n, *kex, median(&f), median(&d), median(&p), spread(&ratios)));
         }
         assert!(fleet(&["down"], &dir, &prefix), "the fleet goes down");
     }
