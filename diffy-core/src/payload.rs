@@ -96,7 +96,14 @@ struct Standard {
     format: OutputFormat,
 }
 
+// One or two processes per process listed: the query runs on every host of
+// the fleet, often with hundreds of processes. A tab in a process name, a tab
+// or line break inside an executable's path (an attacker's choices) are
+// blanked, like in the cmdline; line breaks at the end of a path are dropped.
 const PROCESSES_SH: &str = r#"printf 'pid\tparent\tuid\tname\tpath\tcmdline\n'
+t=$(printf '\t')
+nl='
+'
 for d in /proc/[0-9]*; do
   n=; pp=; u=
   { while IFS= read -r l; do
@@ -106,15 +113,22 @@ for d in /proc/[0-9]*; do
         Uid:*) set -- ${l#Uid:}; u=$1; break ;;
       esac
     done < "$d/status"; } 2>/dev/null || continue
-  e=$(readlink "$d/exe" 2>/dev/null | tr '\t\n' '  ')
+  case $n in *"$t"*) n=$(printf '%s' "$n" | tr '\t' ' ') ;; esac
+  e=$(readlink "$d/exe" 2>/dev/null)
+  case $e in *"$t"* | *"$nl"*) e=$(printf '%s' "$e" | tr '\t\n' '  ') ;; esac
   c=$(tr '\000\t\n' '   ' < "$d/cmdline" 2>/dev/null)
   printf '%s\t%s\t%s\t%s\t%s\t%s\n' "${d#/proc/}" "$pp" "$u" "$n" "$e" "${c% }"
 done"#;
 
 const LISTENING_SH: &str = r#"o=$(ss -H -tulnp 2>/dev/null || ss -tulnp) || exit $?
 printf '%s\n' "$o"
+t=$(printf '\t')
+nl='
+'
 for p in $(printf '%s\n' "$o" | grep -o 'pid=[0-9]*' | cut -d= -f2 | sort -u); do
-  printf 'exe\t%s\t%s\n' "$p" "$(readlink "/proc/$p/exe" 2>/dev/null | tr '\t\n' '  ')"
+  e=$(readlink "/proc/$p/exe" 2>/dev/null)
+  case $e in *"$t"* | *"$nl"*) e=$(printf '%s' "$e" | tr '\t\n' '  ') ;; esac
+  printf 'exe\t%s\t%s\n' "$p" "$e"
 done"#;
 
 const CRONTAB_SH: &str = r#"for f in /etc/crontab /etc/cron.d/* /var/spool/cron/crontabs/* /var/spool/cron/*; do
@@ -392,5 +406,38 @@ mod tests {
         assert_eq!(o.queries.len(), 10);
         assert!(standard_query_named("users").is_some());
         assert!(standard_query_named("nope").is_none());
+    }
+
+    /// An attacker picks a binary's name: a tab or a line break in it must
+    /// not shift the columns of the processes and listening_ports rows.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn odd_executable_names_keep_the_columns() {
+        use std::process::{Command, Stdio};
+        let dir = tempfile::tempdir().unwrap();
+        let odd = dir.path().join("we\tird\nname");
+        std::fs::copy("/bin/sleep", &odd).unwrap();
+        let mut child = Command::new(&odd).arg("30").stdin(Stdio::null()).spawn().unwrap();
+        let pid = child.id().to_string();
+        let Some(crate::query::QueryCommand::Shell(query)) =
+            standard_query_named("processes").map(|q| q.command.clone())
+        else {
+            panic!("the processes query is a shell query")
+        };
+        for shell in ["/bin/sh", "dash", "bash"] {
+            let Ok(out) = Command::new(shell).arg("-c").arg(&query).stdin(Stdio::null()).output() else { continue };
+            let text = String::from_utf8_lossy(&out.stdout);
+            let row = text
+                .lines()
+                .find(|l| l.split('\t').next() == Some(pid.as_str()))
+                .unwrap_or_else(|| panic!("{shell}: no row for pid {pid} in\n{text}"));
+            let cols: Vec<&str> = row.split('\t').collect();
+            assert_eq!(cols.len(), 6, "{shell}: {row:?}");
+            assert_eq!(cols[3], "we ird\\nname", "{shell}: the name, with /proc's escape of the line break");
+            assert_eq!(cols[4], format!("{}/we ird name", dir.path().display()), "{shell}: the path, blanked");
+            assert!(cols[5].starts_with(cols[4]), "{shell}: the cmdline {:?}", cols[5]);
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
     }
 }

@@ -2,8 +2,10 @@
 //! namespace fleet, side by side with `parallel-ssh -p 50` running the same
 //! script over the same hosts and settings, and with the floor of one key
 //! exchange per host (`ssh HOST true`, 50 at a time). Prints a table of wall
-//! time and client CPU (user + system of every client process: diffy, ssh
-//! masters and clients, ProxyCommands).
+//! time, client CPU (user + system of every client process: diffy or
+//! parallel-ssh, the ssh clients, their ProxyCommands) and the CPU of the
+//! whole machine, which also runs the test hosts' sshd and payloads: on a
+//! small machine that is what bounds the wall time.
 //!
 //! `cargo bench -p diffy-tests --bench ssh` (as root; needs openssh-server,
 //! socat and pssh). Sizes: DIFFY_BENCH_SSH_SIZES=100,200. Runs per cell:
@@ -48,15 +50,36 @@ fn reap() {
     }
 }
 
-/// Runs `f`, returns wall seconds and client CPU seconds.
-fn measure(f: impl FnOnce()) -> (f64, f64) {
+/// CPU seconds spent by the whole machine (every process, the test hosts'
+/// included) since boot, from /proc/stat.
+fn machine_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").expect("/proc/stat");
+    let ticks: Vec<f64> = stat.lines().next().unwrap().split_whitespace().skip(1).map(|t| t.parse().unwrap()).collect();
+    // user nice system idle iowait irq softirq steal ...: all but idle and iowait.
+    let busy: f64 = ticks.iter().sum::<f64>() - ticks[3] - ticks[4];
+    busy / nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).unwrap().unwrap() as f64
+}
+
+/// One measured run.
+#[derive(Clone, Copy)]
+struct Sample {
+    /// Wall seconds.
+    wall: f64,
+    /// User + system seconds of the client processes.
+    cpu: f64,
+    /// Busy seconds of the whole machine: clients and test hosts.
+    machine: f64,
+}
+
+/// Runs `f` and measures it.
+fn measure(f: impl FnOnce()) -> Sample {
     reap();
-    let cpu = cpu_seconds();
+    let (cpu, machine) = (cpu_seconds(), machine_seconds());
     let t = Instant::now();
     f();
     let wall = t.elapsed().as_secs_f64();
     reap();
-    (wall, cpu_seconds() - cpu)
+    Sample { wall, cpu: cpu_seconds() - cpu, machine: machine_seconds() - machine }
 }
 
 fn fleet(args: &[&str], dir: &Path, prefix: &str) -> bool {
@@ -137,11 +160,9 @@ fn pssh(cfg: &Path, hosts_file: &Path, script: &Path, out: &Path) {
     assert!(status.success(), "parallel-ssh reported failures");
 }
 
-/// Median wall time and median CPU time (each on its own).
-fn median(v: &[(f64, f64)]) -> (f64, f64) {
-    let wall: Vec<f64> = v.iter().map(|m| m.0).collect();
-    let cpu: Vec<f64> = v.iter().map(|m| m.1).collect();
-    (spread(&wall).0, spread(&cpu).0)
+/// The median of one measure over runs.
+fn median(v: &[Sample], of: impl Fn(&Sample) -> f64) -> f64 {
+    spread(&v.iter().map(of).collect::<Vec<_>>()).0
 }
 
 /// Median, lowest and highest.
@@ -190,22 +211,33 @@ fn main() {
         let kexes = [("default (sntrup761x25519)", &cfg_default), ("curve25519-sha256", &cfg_curve)];
         // Runs interleave (floor, diffy, parallel-ssh, for each key exchange,
         // then again), so that a slow spell of the machine hits all alike.
-        let mut cells: Vec<[Vec<(f64, f64)>; 3]> = kexes.iter().map(|_| [vec![], vec![], vec![]]).collect();
+        let mut cells: Vec<[Vec<Sample>; 3]> = kexes.iter().map(|_| [vec![], vec![], vec![]]).collect();
         for i in 0..runs {
             for (k, (kex, cfg)) in kexes.iter().enumerate() {
                 let f = measure(|| floor(cfg, &list));
                 let store = work.path().join(format!("store-{n}-{i}-{k}"));
-                let d = measure(|| diffy(cfg, &store));
                 let out = work.path().join(format!("pssh-{n}-{i}-{k}"));
-                let p = measure(|| pssh(cfg, &dir.join("hosts.txt"), &script, &out));
+                let run_diffy = || measure(|| diffy(cfg, &store));
+                let run_pssh = || measure(|| pssh(cfg, &dir.join("hosts.txt"), &script, &out));
+                // Which tool goes first alternates, so that neither always
+                // follows the floor's run.
+                let (d, p) = if i % 2 == 0 {
+                    let d = run_diffy();
+                    (d, run_pssh())
+                } else {
+                    let p = run_pssh();
+                    (run_diffy(), p)
+                };
                 eprintln!(
-                    "{n} hosts, {kex}, run {}: floor {:.2} s CPU; diffy {:.2} s wall, {:.2} s CPU; parallel-ssh {:.2} s wall, {:.2} s CPU",
+                    "{n} hosts, {kex}, run {}: floor {:.2} s CPU; diffy {:.2} s wall, {:.2} s CPU, machine {:.2} s; parallel-ssh {:.2} s wall, {:.2} s CPU, machine {:.2} s",
                     i + 1,
-                    f.1,
-                    d.0,
-                    d.1,
-                    p.0,
-                    p.1
+                    f.cpu,
+                    d.wall,
+                    d.cpu,
+                    d.machine,
+                    p.wall,
+                    p.cpu,
+                    p.machine
                 );
                 cells[k][0].push(f);
                 cells[k][1].push(d);
@@ -213,8 +245,17 @@ fn main() {
             }
         }
         for ((kex, _), [f, d, p]) in kexes.iter().zip(cells) {
-            let ratios: Vec<f64> = f.iter().zip(&d).map(|(f, d)| d.1 / f.1).collect();
-            rows.push((n, *kex, median(&f), median(&d), median(&p), spread(&ratios)));
+            let ratios: Vec<f64> = f.iter().zip(&d).map(|(f, d)| d.cpu / f.cpu).collect();
+            let faster = d.iter().zip(&p).filter(|(d, p)| d.wall < p.wall).count();
+            rows.push(Row {
+                hosts: n,
+                kex,
+                floor_cpu: median(&f, |s| s.cpu),
+                diffy: [median(&d, |s| s.wall), median(&d, |s| s.cpu), median(&d, |s| s.machine)],
+                pssh: [median(&p, |s| s.wall), median(&p, |s| s.cpu), median(&p, |s| s.machine)],
+                faster,
+                ratio: spread(&ratios),
+            });
         }
         assert!(fleet(&["down"], &dir, &prefix), "the fleet goes down");
     }
@@ -224,13 +265,25 @@ fn main() {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
     println!(
-        "| hosts | key exchange | diffy wall | parallel-ssh wall | diffy client CPU | parallel-ssh client CPU | floor CPU (ssh true) | diffy CPU / floor (median, range) |"
+        "| hosts | key exchange | diffy wall | parallel-ssh wall | runs diffy was faster | diffy client CPU | parallel-ssh client CPU | floor CPU (ssh true) | diffy CPU / floor (median, range) | machine CPU diffy / parallel-ssh |"
     );
-    println!("|---:|---|---:|---:|---:|---:|---:|---:|");
-    for (n, kex, floor_m, diffy_m, pssh_m, (ratio, low, high)) in rows {
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for r in rows {
+        let (ratio, low, high) = r.ratio;
         println!(
-            "| {n} | {kex} | {:.2} s | {:.2} s | {:.2} s | {:.2} s | {:.2} s | {ratio:.2} ({low:.2}–{high:.2}) |",
-            diffy_m.0, pssh_m.0, diffy_m.1, pssh_m.1, floor_m.1,
+            "| {} | {} | {:.2} s | {:.2} s | {} of {runs} | {:.2} s | {:.2} s | {:.2} s | {ratio:.2} ({low:.2}–{high:.2}) | {:.1} s / {:.1} s |",
+            r.hosts, r.kex, r.diffy[0], r.pssh[0], r.faster, r.diffy[1], r.pssh[1], r.floor_cpu, r.diffy[2], r.pssh[2],
         );
     }
+}
+
+/// One line of the table: medians of wall, client CPU and machine CPU.
+struct Row {
+    hosts: usize,
+    kex: &'static str,
+    floor_cpu: f64,
+    diffy: [f64; 3],
+    pssh: [f64; 3],
+    faster: usize,
+    ratio: (f64, f64, f64),
 }
