@@ -24,8 +24,10 @@
 //! a hanging query is stopped on the host itself and the others still run.
 //! Queries run as background jobs that the script waits for, so that a hang-up
 //! or termination (a dropped connection, a cancelled run) reaches the script at
-//! once, and its trap stops the running query's whole process group before it
-//! exits: nothing is left running on the host.
+//! once, and its trap stops the running query's whole process group and frames
+//! what that query printed so far (exit code 143) before it exits: nothing is
+//! left running on the host, and nothing it printed is lost while the channel
+//! is still open.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -152,7 +154,10 @@ if [ -z "$_dd" ] || [ ! -d "$_dd" ]; then
   exit 97
 fi
 _dp=
-trap '[ -n "$_dp" ] && { kill -TERM -"$_dp" 2>/dev/null; kill -TERM "$_dp" 2>/dev/null; }; exit 143' HUP INT TERM
+_dc=
+# Stopped mid-query: stop its process group, then frame what it printed so far
+# (exactly the bytes counted, as it may still be writing), and exit.
+trap 'if [ -n "$_dp" ]; then kill -TERM -"$_dp" 2>/dev/null; kill -TERM "$_dp" 2>/dev/null; _dk "$_dc" "$_s"; fi; exit 143' HUP INT TERM
 _dnow=$(date +%s)
 _de=$(( _dnow + @DEADLINE@ ))
 if command -v timeout >/dev/null 2>&1; then _dt=1; else _dt=0; fi
@@ -164,8 +169,16 @@ _df() {
   printf '==DIFFY:%s:Q %s %s %s %s %s %s==\n' "$_dn" "$1" "$2" "$4" "$6" "$3" "$_dnow"
   cat "$_dd/o" "$_dd/e"
 }
+_dk() {
+  _dnow=$(date +%s)
+  set -- "$1" "$2" $(cd "$_dd" && exec wc -c o e)
+  printf '==DIFFY:%s:Q %s 143 %s %s %s %s==\n' "$_dn" "$1" "$3" "$5" "$2" "$_dnow"
+  head -c "$3" "$_dd/o"
+  head -c "$5" "$_dd/e"
+}
 _dq() {
   _s=$_dnow
+  _dc=$1
   _l=$(( _de - _s ))
   if [ "$_l" -le 0 ]; then printf '==DIFFY:%s:SKIP %s==\n' "$_dn" "$1"; return 0; fi
   if [ "$2" -gt 0 ] && [ "$2" -lt "$_l" ]; then _l=$2; fi
@@ -388,6 +401,17 @@ pub fn assemble(host: Host, spec: &PayloadSpec, script: &Script, exec: Execution
                     let message =
                         format!("output cut after {} bytes of stdout and {} of stderr", r.stdout.len(), r.stderr.len());
                     (status, Some(message))
+                } else if r.code == 143 && !frames.ended && exec.end == ExecEnd::TimedOut {
+                    // Framed by the script's trap as it was stopped.
+                    let message = format!(
+                        "still running at the host's deadline ({deadline}s); what it printed until then is kept"
+                    );
+                    (QueryStatus::TimedOut, Some(message))
+                } else if r.code == 143 && !frames.ended && exec.end == ExecEnd::Cancelled {
+                    (
+                        QueryStatus::Truncated,
+                        Some("interrupted while running; what it printed until then is kept".into()),
+                    )
                 } else if r.code == 0 {
                     (QueryStatus::Ok, None)
                 } else if r.code == 124 {
@@ -652,7 +676,7 @@ mod tests {
             let slow = PayloadSpec {
                 name: "t".into(),
                 setup: None,
-                queries: vec![Query::shell("slow", marker.clone(), OutputFormat::Lines)],
+                queries: vec![Query::shell("slow", format!("echo so far; {marker}"), OutputFormat::Lines)],
                 teardown: None,
             };
             let (mut child, stdin) = run_guarded(shell, &slow);
@@ -674,6 +698,16 @@ mod tests {
                 assert!(t.elapsed() < Duration::from_secs(5), "{shell}: the running query is stopped too");
                 std::thread::sleep(Duration::from_millis(20));
             }
+            // The trap framed what the query had printed, and nothing is lost.
+            let mut out = Vec::new();
+            std::io::Read::read_to_end(&mut child.stdout.take().unwrap(), &mut out).unwrap();
+            let script = Script::render_with_nonce(&slow, Duration::from_secs(60), "g1").unwrap();
+            let r = assemble(Host::named("h").unwrap(), &slow, &script, exec(&out, ExecEnd::Cancelled));
+            assert_eq!(r.status, HostStatus::Cancelled, "{shell}: {}", String::from_utf8_lossy(&out));
+            assert_eq!(r.queries[0].status, QueryStatus::Truncated, "{shell}: {:?}", r.queries[0]);
+            assert_eq!(&r.queries[0].stdout[..], b"so far\n", "{shell}");
+            assert_eq!(r.queries[0].exit_code, Some(143), "{shell}");
+            assert!(r.unframed_stdout.is_empty(), "{shell}: {:?}", r.unframed_stdout);
         }
     }
 }

@@ -43,7 +43,7 @@ use chrono::Utc;
 use diffy_core::collection::{ExecLimits, HostExec};
 use diffy_core::script::{ExecEnd, Execution, Script, payload_ended, remote_pid};
 use diffy_core::target::{Resolution, Target};
-use diffy_core::transport::output::{Driven, drive};
+use diffy_core::transport::output::{Capture, Driven, drive, read_limited};
 use diffy_core::{CancellationToken, Error, Host, HostId, HostStatus, Result, TargetKey};
 use tokio::io::AsyncWriteExt;
 use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command};
@@ -383,21 +383,34 @@ fn shown(args: &[OsString]) -> String {
 }
 
 /// Stops a payload whose run ends early: closes its standard input, which
-/// stops the script on the host, and gives it [`STOP_GRACE`] to end (reading
-/// and dropping what still comes) before killing the local `ssh`.
+/// stops the script on the host (it frames what the running query printed so
+/// far, then exits), and gives it [`STOP_GRACE`] to end before killing the
+/// local `ssh`. What arrives meanwhile is kept, up to `keep` bytes per stream;
+/// with `keep` `None` (the output limit was reached) it is read and dropped.
 async fn stop(
     child: &mut Child,
     stdin: Option<ChildStdin>,
-    out: &mut ChildStdout,
-    err: &mut ChildStderr,
+    (out, err): (&mut ChildStdout, &mut ChildStderr),
+    (o, e): (&mut Capture, &mut Capture),
+    keep: Option<u64>,
     started_on_host: bool,
 ) {
     drop(stdin);
     if started_on_host {
-        let (mut sink_out, mut sink_err) = (tokio::io::sink(), tokio::io::sink());
         let drained = async {
-            let _ =
-                tokio::join!(tokio::io::copy(out, &mut sink_out), tokio::io::copy(err, &mut sink_err), child.wait());
+            match keep {
+                Some(limit) => {
+                    let _ = tokio::join!(read_limited(out, o, limit), read_limited(err, e, limit), child.wait());
+                }
+                None => {
+                    let (mut sink_out, mut sink_err) = (tokio::io::sink(), tokio::io::sink());
+                    let _ = tokio::join!(
+                        tokio::io::copy(out, &mut sink_out),
+                        tokio::io::copy(err, &mut sink_err),
+                        child.wait()
+                    );
+                }
+            }
         };
         if tokio::time::timeout(STOP_GRACE, drained).await.is_err() {
             tracing::warn!("the payload did not end within {STOP_GRACE:?} of being stopped; closing the connection");
@@ -455,7 +468,7 @@ impl HostExec for SshTransport {
         });
         let mut out = child.stdout.take().expect("stdout is piped");
         let mut err = child.stderr.take().expect("stderr is piped");
-        let (o, e, driven) =
+        let (mut o, mut e, driven) =
             drive(&mut out, &mut err, child.wait(), limits.deadline, limits.max_output_bytes, cancel).await;
         // The script, or nothing if writing it had not finished.
         writer.abort();
@@ -496,7 +509,11 @@ impl HostExec for SshTransport {
                 ExecEnd::Failed { status: HostStatus::TransportError, message: format!("waiting for ssh failed: {e}") }
             }
             other => {
-                stop(&mut child, stdin, &mut out, &mut err, started_on_host).await;
+                let keep = match other {
+                    Driven::OutputLimit(_) => None,
+                    _ => Some(limits.max_output_bytes),
+                };
+                stop(&mut child, stdin, (&mut out, &mut err), (&mut o, &mut e), keep, started_on_host).await;
                 match other {
                     Driven::TimedOut if !started_on_host => ExecEnd::Failed {
                         status: HostStatus::TimedOut,

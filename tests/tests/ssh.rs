@@ -263,7 +263,7 @@ fn running_on(fleet: &Fleet, h: &str, marker: &str) -> u32 {
 /// Starts `diffy collect` of a query that sleeps for ten minutes on every
 /// host, and returns once it runs everywhere.
 fn start_slow_run(fleet: &Fleet, d: &Diffy, tmp: &OwnTmp, marker: &str) -> std::process::Child {
-    d.write("slow.toml", &format!("[[query]]\nname = \"slow\"\nshell = '''sleep 600 # {marker}'''\n"));
+    d.write("slow.toml", &format!("[[query]]\nname = \"slow\"\nshell = '''echo so far; sleep 600 # {marker}'''\n"));
     let mut args: Vec<String> =
         ["collect", "fleet", "--payload", "slow.toml", "--deadline", "10m"].map(String::from).to_vec();
     args.extend(ssh_args(fleet));
@@ -309,6 +309,18 @@ fn ctrl_c_over_ssh_leaves_nothing_behind() {
     assert!(t.elapsed() < Duration::from_secs(8), "Ctrl-C ends the run at once: {:?}", t.elapsed());
     assert_stopped_everywhere(&fleet, &marker);
     tmp.assert_nothing_left(&fleet);
+    // What the interrupted query had printed is kept, on every host.
+    let runs: Vec<_> = std::fs::read_dir(d.path("diffy-store/runs")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    for h in &fleet.hosts {
+        let host = runs[0].join("hosts").join(h);
+        let result: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(host.join("result.json")).unwrap()).unwrap();
+        assert_eq!(result["status"], "cancelled", "{h}: {result}");
+        let slow = &result["queries"][0];
+        assert_eq!(slow["status"], "truncated", "{h}: {slow}");
+        assert_eq!(std::fs::read_to_string(host.join("slow.stdout")).unwrap(), "so far\n", "{h}");
+    }
 }
 
 /// Even a diffy killed outright (no chance to clean up) stops the payloads:
