@@ -157,24 +157,19 @@ _dp=
 _dc=
 # Stopped mid-query: stop its process group, then frame what it printed so far
 # (exactly the bytes counted, as it may still be writing), and exit.
-trap 'if [ -n "$_dp" ]; then kill -TERM -"$_dp" 2>/dev/null; kill -TERM "$_dp" 2>/dev/null; _dk "$_dc" "$_s"; fi; exit 143' HUP INT TERM
+trap 'if [ -n "$_dp" ]; then kill -TERM -"$_dp" 2>/dev/null; kill -TERM "$_dp" 2>/dev/null; _df "$_dc" 143 "$_s" exact; fi; exit 143' HUP INT TERM
 _dnow=$(date +%s)
 _de=$(( _dnow + @DEADLINE@ ))
 if command -v timeout >/dev/null 2>&1; then _dt=1; else _dt=0; fi
 printf '==DIFFY:%s:BEGIN %s %s==\n' "$_dn" "$$" "$(hostname 2>/dev/null | head -n 1)"
 # One frame: sizes from a single wc, the end time doubles as the next start.
+# A fourth argument: the query may still be writing, copy exactly those sizes.
 _df() {
   _dnow=$(date +%s)
+  _dx=${4:-}
   set -- "$1" "$2" "$3" $(cd "$_dd" && exec wc -c o e)
   printf '==DIFFY:%s:Q %s %s %s %s %s %s==\n' "$_dn" "$1" "$2" "$4" "$6" "$3" "$_dnow"
-  cat "$_dd/o" "$_dd/e"
-}
-_dk() {
-  _dnow=$(date +%s)
-  set -- "$1" "$2" $(cd "$_dd" && exec wc -c o e)
-  printf '==DIFFY:%s:Q %s 143 %s %s %s %s==\n' "$_dn" "$1" "$3" "$5" "$2" "$_dnow"
-  head -c "$3" "$_dd/o"
-  head -c "$5" "$_dd/e"
+  if [ -z "$_dx" ]; then cat "$_dd/o" "$_dd/e"; else head -c "$4" "$_dd/o"; head -c "$6" "$_dd/e"; fi
 }
 _dq() {
   _s=$_dnow
@@ -401,17 +396,14 @@ pub fn assemble(host: Host, spec: &PayloadSpec, script: &Script, exec: Execution
                     let message =
                         format!("output cut after {} bytes of stdout and {} of stderr", r.stdout.len(), r.stderr.len());
                     (status, Some(message))
-                } else if r.code == 143 && !frames.ended && exec.end == ExecEnd::TimedOut {
+                } else if r.code == 143 && !frames.ended && matches!(exec.end, ExecEnd::TimedOut | ExecEnd::Cancelled) {
                     // Framed by the script's trap as it was stopped.
-                    let message = format!(
-                        "still running at the host's deadline ({deadline}s); what it printed until then is kept"
-                    );
-                    (QueryStatus::TimedOut, Some(message))
-                } else if r.code == 143 && !frames.ended && exec.end == ExecEnd::Cancelled {
-                    (
-                        QueryStatus::Truncated,
-                        Some("interrupted while running; what it printed until then is kept".into()),
-                    )
+                    let (status, why) = if exec.end == ExecEnd::TimedOut {
+                        (QueryStatus::TimedOut, format!("still running at the host's deadline ({deadline}s)"))
+                    } else {
+                        (QueryStatus::Truncated, "interrupted while running".to_string())
+                    };
+                    (status, Some(format!("{why}; what it printed until then is kept")))
                 } else if r.code == 0 {
                     (QueryStatus::Ok, None)
                 } else if r.code == 124 {

@@ -160,9 +160,10 @@ fn pssh(cfg: &Path, hosts_file: &Path, script: &Path, out: &Path) {
     assert!(status.success(), "parallel-ssh reported failures");
 }
 
-/// The median of one measure over runs.
-fn median(v: &[Sample], of: impl Fn(&Sample) -> f64) -> f64 {
-    spread(&v.iter().map(of).collect::<Vec<_>>()).0
+/// The median of each measure over runs (each on its own).
+fn medians(v: &[Sample]) -> Sample {
+    let median = |of: fn(&Sample) -> f64| spread(&v.iter().map(of).collect::<Vec<_>>()).0;
+    Sample { wall: median(|s| s.wall), cpu: median(|s| s.cpu), machine: median(|s| s.machine) }
 }
 
 /// Median, lowest and highest.
@@ -251,9 +252,9 @@ fn main() {
             rows.push(Row {
                 hosts: n,
                 kex,
-                floor_cpu: median(&f, |s| s.cpu),
-                diffy: [median(&d, |s| s.wall), median(&d, |s| s.cpu), median(&d, |s| s.machine)],
-                pssh: [median(&p, |s| s.wall), median(&p, |s| s.cpu), median(&p, |s| s.machine)],
+                floor_cpu: medians(&f).cpu,
+                diffy: medians(&d),
+                pssh: medians(&p),
                 faster,
                 ratio: spread(&ratios),
             });
@@ -273,18 +274,27 @@ fn main() {
         let (ratio, low, high) = r.ratio;
         println!(
             "| {} | {} | {:.2} s | {:.2} s | {} of {runs} | {:.2} s | {:.2} s | {:.2} s | {ratio:.2} ({low:.2}–{high:.2}) | {:.1} s / {:.1} s |",
-            r.hosts, r.kex, r.diffy[0], r.pssh[0], r.faster, r.diffy[1], r.pssh[1], r.floor_cpu, r.diffy[2], r.pssh[2],
+            r.hosts,
+            r.kex,
+            r.diffy.wall,
+            r.pssh.wall,
+            r.faster,
+            r.diffy.cpu,
+            r.pssh.cpu,
+            r.floor_cpu,
+            r.diffy.machine,
+            r.pssh.machine,
         );
     }
 }
 
-/// One line of the table: medians of wall, client CPU and machine CPU.
+/// One line of the table: medians over the runs.
 struct Row {
     hosts: usize,
     kex: &'static str,
     floor_cpu: f64,
-    diffy: [f64; 3],
-    pssh: [f64; 3],
+    diffy: Sample,
+    pssh: Sample,
     faster: usize,
     ratio: (f64, f64, f64),
 }

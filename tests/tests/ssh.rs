@@ -177,8 +177,7 @@ fn every_fault_gets_its_status_and_the_others_complete() {
     );
     let run = m["id"].as_str().unwrap().to_string();
     let status_in = |run: &str, host: &str| -> (String, String) {
-        let p = d.path(&format!("diffy-store/runs/{run}/hosts/{host}/result.json"));
-        let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        let r = d.host_result(run, host);
         (r["status"].as_str().unwrap().to_string(), r["message"].as_str().unwrap_or("").to_string())
     };
     let status = |host: &str| status_in(&run, host);
@@ -239,12 +238,7 @@ fn sudo_asking_for_a_password_is_auth_failed() {
     let r = d.run(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let m = r.json();
     let run = m["id"].as_str().unwrap();
-    let result = |host: &str| -> serde_json::Value {
-        serde_json::from_str(
-            &std::fs::read_to_string(d.path(&format!("diffy-store/runs/{run}/hosts/{host}/result.json"))).unwrap(),
-        )
-        .unwrap()
-    };
+    let result = |host: &str| d.host_result(run, host);
     assert_eq!(result(fleet.host(1))["status"], "ok", "passwordless sudo runs the payload as root");
     let denied = result(fleet.host(2));
     assert_eq!(denied["status"], "auth_failed");
@@ -310,16 +304,14 @@ fn ctrl_c_over_ssh_leaves_nothing_behind() {
     assert_stopped_everywhere(&fleet, &marker);
     tmp.assert_nothing_left(&fleet);
     // What the interrupted query had printed is kept, on every host.
-    let runs: Vec<_> = std::fs::read_dir(d.path("diffy-store/runs")).unwrap().map(|e| e.unwrap().path()).collect();
-    assert_eq!(runs.len(), 1, "{runs:?}");
+    let run = common::only_run(&d.path("diffy-store"));
     for h in &fleet.hosts {
-        let host = runs[0].join("hosts").join(h);
-        let result: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(host.join("result.json")).unwrap()).unwrap();
+        let result = d.host_result(&run, h);
         assert_eq!(result["status"], "cancelled", "{h}: {result}");
         let slow = &result["queries"][0];
         assert_eq!(slow["status"], "truncated", "{h}: {slow}");
-        assert_eq!(std::fs::read_to_string(host.join("slow.stdout")).unwrap(), "so far\n", "{h}");
+        let kept = std::fs::read_to_string(d.path(&format!("diffy-store/runs/{run}/hosts/{h}/slow.stdout"))).unwrap();
+        assert_eq!(kept, "so far\n", "{h}");
     }
 }
 

@@ -46,6 +46,12 @@ impl Diffy {
         self.dir.path().join(rel)
     }
 
+    /// The `result.json` stored for `host` in `run` of the default store.
+    pub fn host_result(&self, run: &str, host: &str) -> serde_json::Value {
+        let p = self.path(&format!("diffy-store/runs/{run}/hosts/{host}/result.json"));
+        serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap()
+    }
+
     pub fn write(&self, rel: &str, text: &str) -> PathBuf {
         let p = self.path(rel);
         if let Some(d) = p.parent() {
