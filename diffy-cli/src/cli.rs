@@ -184,6 +184,11 @@ pub struct SshArgs {
     /// Run the payload with `sudo -n` (a password prompt is reported, never answered).
     #[arg(long)]
     pub sudo: bool,
+
+    /// Attempts per host while its connection is closed before the SSH banner, as sshd does
+    /// beyond its MaxStartups (on a busy jump host, say); 1 never retries [default: 6].
+    #[arg(long, env = "DIFFY_SSH_CONNECTION_ATTEMPTS", value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub ssh_connection_attempts: Option<u32>,
 }
 
 /// What to ask.

@@ -119,6 +119,7 @@ fn ssh_settings(c: &Common, a: &crate::cli::SshArgs) -> registry::SshSettings {
         known_hosts: a.known_hosts.clone().or_else(|| d.known_hosts.as_ref().map(|p| c.config.path(p))),
         accept_new_host_keys: a.accept_new_host_keys || d.accept_new_host_keys,
         sudo: a.sudo || d.sudo,
+        connection_attempts: a.ssh_connection_attempts.or(d.connection_attempts),
     }
 }
 

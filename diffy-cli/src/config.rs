@@ -31,6 +31,7 @@
 //! known_hosts = "known_hosts"
 //! accept_new_host_keys = false
 //! sudo = true
+//! connection_attempts = 6        # while closed before the SSH banner (MaxStartups)
 //!
 //! [queries.listeners]            # how a query's rows are compared
 //! identity = ["line"]
@@ -85,6 +86,7 @@ pub struct SshDefaults {
     pub accept_new_host_keys: bool,
     #[serde(default)]
     pub sudo: bool,
+    pub connection_attempts: Option<u32>,
 }
 
 /// A payload named in the configuration: a file, or written inline.

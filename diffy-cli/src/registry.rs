@@ -156,6 +156,8 @@ pub struct SshSettings {
     pub accept_new_host_keys: bool,
     /// Run under sudo -n.
     pub sudo: bool,
+    /// Attempts while connections are closed before the SSH banner.
+    pub connection_attempts: Option<u32>,
 }
 
 /// What the AWS plugins are told by flags and the environment.
@@ -355,6 +357,9 @@ pub fn transport(
         }
         if let Some(k) = &ssh.known_hosts {
             o = o.known_hosts_file(k);
+        }
+        if let Some(n) = ssh.connection_attempts {
+            o = o.connection_attempts(n);
         }
         return Ok(Arc::new(diffy_core::PerHost::new(SshTransport::new(o)?)));
     }

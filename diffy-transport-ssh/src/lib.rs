@@ -94,6 +94,13 @@ pub struct SshOptions {
     pub sudo: bool,
     /// Hosts worked on at once. Default 100.
     pub concurrency: usize,
+    /// Attempts per host while the connection is closed before the SSH
+    /// banner (see [`refused_before_banner`]): sshd does that to new
+    /// connections beyond its `MaxStartups` (default `10:30:100`, easily
+    /// reached on a jump host that every host's connection goes through).
+    /// Retries wait 0.25 s, 0.5 s, 1 s, 2 s, then 4 s, each with random
+    /// jitter, and never past the host's deadline. Default 6; 1 never retries.
+    pub connection_attempts: u32,
 }
 
 impl Default for SshOptions {
@@ -111,6 +118,7 @@ impl Default for SshOptions {
             keepalive: Duration::from_secs(10),
             sudo: false,
             concurrency: 100,
+            connection_attempts: 6,
         }
     }
 }
@@ -185,6 +193,13 @@ impl SshOptions {
     /// Sets the concurrency.
     pub fn concurrency(mut self, n: usize) -> Self {
         self.concurrency = n.max(1);
+        self
+    }
+
+    /// Sets the attempts per host while connections are refused before the
+    /// SSH banner (at least 1).
+    pub fn connection_attempts(mut self, n: u32) -> Self {
+        self.connection_attempts = n.max(1);
         self
     }
 }
@@ -354,6 +369,37 @@ pub fn classify(text: &str) -> (HostStatus, String) {
     (HostStatus::TransportError, format!("ssh failed ({said})"))
 }
 
+/// Whether all that ssh said is that the connection closed before the SSH
+/// banner arrived (`kex_exchange_identification: Connection closed by remote
+/// host`, or reset), from this connection and any jump host's. That is what
+/// sshd does to new connections beyond its `MaxStartups`, so another attempt
+/// a moment later may well get in; nothing ran on the host. Any other line (a
+/// ProxyCommand's or socat's error, a refused TCP connection, a failed
+/// forward, a host key or authentication message) is a failure of its own and
+/// is not retried.
+pub fn refused_before_banner(stderr: &str) -> bool {
+    let mut banner = false;
+    for line in stderr.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        if let Some(why) = line.strip_prefix("kex_exchange_identification: ") {
+            if why != "Connection closed by remote host" && !why.starts_with("read: Connection reset by peer") {
+                return false;
+            }
+            banner = true;
+        } else if !line.starts_with("Connection closed by ") && !line.starts_with("Connection reset by ") {
+            return false;
+        }
+    }
+    banner
+}
+
+/// The pause before attempt `next` (2, 3, ...): 0.25 s doubling up to 4 s,
+/// each between half and all of that at random, so that hosts refused
+/// together do not come back together.
+fn retry_pause(next: u32) -> Duration {
+    let full = Duration::from_millis(250).saturating_mul(1 << (next.saturating_sub(2)).min(4));
+    full.mul_f64(rand::random_range(0.5..=1.0))
+}
+
 fn failed(
     status: HostStatus,
     message: String,
@@ -445,34 +491,77 @@ impl HostExec for SshTransport {
                 transport,
             );
         }
-        let mut cmd = Command::new(&line[0]);
-        cmd.args(&line[1..]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
-        let mut child = match cmd.spawn() {
-            Ok(c) => c,
-            Err(e) => {
-                return failed(
-                    HostStatus::TransportError,
-                    format!("cannot start {}: {e}", self.options.program.display()),
-                    started_at,
-                    transport,
-                );
+        // Connections closed before the SSH banner (sshd beyond its
+        // MaxStartups, on the host or a jump host) are tried again.
+        let mut refusals: Vec<String> = Vec::new();
+        let (mut child, mut out, mut err, mut o, mut e, driven, stdin) = loop {
+            let mut cmd = Command::new(&line[0]);
+            cmd.args(&line[1..]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+            let mut child = match cmd.spawn() {
+                Ok(c) => c,
+                Err(e) => {
+                    return failed(
+                        HostStatus::TransportError,
+                        format!("cannot start {}: {e}", self.options.program.display()),
+                        started_at,
+                        transport,
+                    );
+                }
+            };
+            // Held open while the payload runs: closing it stops the payload.
+            let mut stdin = child.stdin.take().expect("stdin is piped");
+            let text = script.eof_guarded_text();
+            let writer = tokio::spawn(async move {
+                let _ = stdin.write_all(text.as_bytes()).await;
+                let _ = stdin.flush().await;
+                stdin
+            });
+            let mut out = child.stdout.take().expect("stdout is piped");
+            let mut err = child.stderr.take().expect("stderr is piped");
+            let left = limits.deadline.saturating_sub(begun.elapsed());
+            let (o, e, driven) = drive(&mut out, &mut err, child.wait(), left, limits.max_output_bytes, cancel).await;
+            // The script, or nothing if writing it had not finished.
+            writer.abort();
+            let stdin = writer.await.ok();
+            let refused = match &driven {
+                Driven::Exited(Ok(status)) => {
+                    status.code() == Some(255)
+                        && remote_pid(&o.bytes, script.nonce()).is_none()
+                        && refused_before_banner(&String::from_utf8_lossy(&e.bytes))
+                }
+                _ => false,
+            };
+            let attempt = refusals.len() as u32 + 1;
+            if refused && attempt < self.options.connection_attempts {
+                let pause = retry_pause(attempt + 1);
+                // Only if the next attempt still has time to connect.
+                if begun.elapsed() + pause + Duration::from_secs(1) < limits.deadline {
+                    refusals.push(format!(
+                        "attempt {attempt} at +{:.2}s: {}",
+                        begun.elapsed().as_secs_f64(),
+                        String::from_utf8_lossy(&e.bytes).split_whitespace().collect::<Vec<_>>().join(" ")
+                    ));
+                    tokio::select! {
+                        () = tokio::time::sleep(pause) => continue,
+                        () = cancel.cancelled() => {
+                            transport.insert("attempts".into(), refusals.len().to_string());
+                            transport.insert("refused_before_banner".into(), refusals.join("; "));
+                            return failed(
+                                HostStatus::Cancelled,
+                                "the run was interrupted while waiting to connect again".into(),
+                                started_at,
+                                transport,
+                            );
+                        }
+                    }
+                }
             }
+            break (child, out, err, o, e, driven, stdin);
         };
-        // Held open while the payload runs: closing it stops the payload.
-        let mut stdin = child.stdin.take().expect("stdin is piped");
-        let text = script.eof_guarded_text();
-        let writer = tokio::spawn(async move {
-            let _ = stdin.write_all(text.as_bytes()).await;
-            let _ = stdin.flush().await;
-            stdin
-        });
-        let mut out = child.stdout.take().expect("stdout is piped");
-        let mut err = child.stderr.take().expect("stderr is piped");
-        let (mut o, mut e, driven) =
-            drive(&mut out, &mut err, child.wait(), limits.deadline, limits.max_output_bytes, cancel).await;
-        // The script, or nothing if writing it had not finished.
-        writer.abort();
-        let stdin = writer.await.ok();
+        if !refusals.is_empty() {
+            transport.insert("attempts".into(), (refusals.len() + 1).to_string());
+            transport.insert("refused_before_banner".into(), refusals.join("; "));
+        }
         let started_on_host = remote_pid(&o.bytes, script.nonce()).is_some();
         let stderr_text = String::from_utf8_lossy(&e.bytes).to_string();
         let end = match driven {
@@ -481,7 +570,14 @@ impl HostExec for SshTransport {
                 let code = status.code().unwrap_or(-1);
                 transport.insert("exit_code".into(), code.to_string());
                 if code == 255 && !started_on_host {
-                    let (status, message) = classify(&stderr_text);
+                    let (status, mut message) = classify(&stderr_text);
+                    if refused_before_banner(&stderr_text) {
+                        let n = refusals.len() + 1;
+                        message.push_str(&format!(
+                            "; the connection was closed before the SSH banner ({n} attempt{}): sshd does that beyond its MaxStartups, on the host or a jump host (lower --concurrency, or raise MaxStartups there), and so does a ProxyCommand that fails without a word",
+                            if n == 1 { "" } else { "s" }
+                        ));
+                    }
                     ExecEnd::Failed { status, message }
                 } else if code == 255 && !payload_ended(&o.bytes, script.nonce()) {
                     let said = stderr_text.lines().map(str::trim).rfind(|l| !l.is_empty()).unwrap_or("");
@@ -618,6 +714,43 @@ mod tests {
         );
         assert_eq!(classify("ssh: connect to host 203.0.113.9 port 22: Connection refused").0, HostStatus::Unreachable);
         assert_eq!(classify("something odd").0, HostStatus::TransportError);
+    }
+
+    #[test]
+    fn only_a_bare_refusal_before_the_banner_is_retried() {
+        // sshd beyond MaxStartups: directly, through a ProxyCommand, through a jump host.
+        assert!(refused_before_banner(
+            "kex_exchange_identification: read: Connection reset by peer\r\nConnection reset by 198.51.100.7 port 22\r\n"
+        ));
+        assert!(refused_before_banner(
+            "kex_exchange_identification: Connection closed by remote host\r\nConnection closed by UNKNOWN port 65535\r\n"
+        ));
+        assert!(refused_before_banner(
+            "kex_exchange_identification: Connection closed by remote host\r\nkex_exchange_identification: Connection closed by remote host\r\n"
+        ));
+        // Anything else said is a failure of its own.
+        for other in [
+            "",
+            "Connection closed by 198.51.100.7 port 22",
+            "2026/11/23 19:00:44 socat[1765] E connect(5, AF=2 127.0.0.1:22, 16): Connection refused\nkex_exchange_identification: Connection closed by remote host\nConnection closed by UNKNOWN port 65535",
+            "nsenter: cannot open /run/netns/web-9: No such file or directory\nkex_exchange_identification: Connection closed by remote host",
+            "channel 0: open failed: connect failed: Connection refused\nstdio forwarding failed\nkex_exchange_identification: Connection closed by remote host",
+            "kex_exchange_identification: banner line contains invalid characters",
+            "ssh: connect to host 198.51.100.7 port 22: Connection refused",
+            "root@web-1: Permission denied (publickey).",
+        ] {
+            assert!(!refused_before_banner(other), "{other:?}");
+        }
+    }
+
+    #[test]
+    fn retry_pauses_double_up_to_four_seconds_with_jitter() {
+        for (next, full) in [(2, 250), (3, 500), (4, 1000), (5, 2000), (6, 4000), (9, 4000)] {
+            for _ in 0..50 {
+                let p = retry_pause(next).as_millis();
+                assert!((full / 2..=full).contains(&p), "attempt {next}: {p} ms");
+            }
+        }
     }
 
     #[test]

@@ -335,3 +335,76 @@ fn a_killed_diffy_still_stops_the_payloads_on_the_hosts() {
     }
     tmp.assert_nothing_left(&fleet);
 }
+
+/// A jump host keeps sshd's default `MaxStartups 10:30:100`, so it closes
+/// some of 30 connections that start together before the SSH banner. Those
+/// hosts are tried again and every host is collected, each from itself;
+/// with one attempt only, the refused hosts are `unreachable` and say why.
+#[test]
+#[allow(clippy::print_stderr)] // how many were refused is worth seeing in the log
+fn through_a_bastion_with_sshds_default_limits_every_host_is_collected() {
+    let Some(fleet) = Fleet::up(31, "jmp") else { return };
+    let (config, hosts) = fleet.bastion(fleet.host(31), None);
+    let d = Diffy::new();
+    d.write("name.toml", "[[query]]\nname = \"name\"\nshell = \"hostname\"\n");
+    let collect = |attempts: &str| {
+        let m = d
+            .run(&[
+                "collect",
+                "jump",
+                "--transport",
+                "ssh",
+                "--hosts",
+                hosts.to_str().unwrap(),
+                "--ssh-config",
+                config.to_str().unwrap(),
+                "--payload",
+                "name.toml",
+                "--concurrency",
+                "50",
+                "--ssh-connection-attempts",
+                attempts,
+                "--format",
+                "json",
+            ])
+            .json();
+        let run = m["id"].as_str().unwrap().to_string();
+        let results: Vec<(String, serde_json::Value)> =
+            fleet.hosts[..30].iter().map(|h| (h.clone(), d.host_result(&run, &format!("{h}-j")))).collect();
+        (run, results)
+    };
+
+    let (run, results) = collect("6");
+    let mut retried = 0;
+    for (h, r) in &results {
+        assert_eq!(r["status"], "ok", "{h}: {r}");
+        let name = std::fs::read_to_string(d.path(&format!("diffy-store/runs/{run}/hosts/{h}-j/name.stdout"))).unwrap();
+        assert_eq!(name.trim(), h, "{h}-j is reached through the bastion and is {h}");
+        if let Some(n) = r["transport"]["attempts"].as_str() {
+            retried += 1;
+            let refused = r["transport"]["refused_before_banner"].as_str().unwrap();
+            // Each refused attempt is recorded, with what ssh said.
+            assert_eq!(refused.matches("attempt ").count() + 1, n.parse::<usize>().unwrap(), "{h}: {refused}");
+            assert!(refused.starts_with("attempt 1 at +"), "{h}: {refused}");
+            assert!(refused.contains("kex_exchange_identification"), "{h}: {refused}");
+        }
+    }
+
+    let (_, results) = collect("1");
+    let mut refused = 0;
+    for (h, r) in &results {
+        if r["status"] != "ok" {
+            refused += 1;
+            assert_eq!(r["status"], "unreachable", "{h}: {r}");
+            let msg = r["message"].as_str().unwrap();
+            assert!(
+                msg.contains("closed before the SSH banner (1 attempt): sshd does that beyond its MaxStartups"),
+                "{h}: {msg}"
+            );
+        }
+    }
+    eprintln!(
+        "bastion: {retried} of 30 hosts needed more than one attempt; with one attempt, {refused} of 30 were refused"
+    );
+    assert!(retried + refused > 0, "the bastion's MaxStartups refused no connection: this test showed nothing");
+}

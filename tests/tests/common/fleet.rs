@@ -82,6 +82,17 @@ impl Fleet {
         assert!(out.status.success(), "fault {kind} on {host}: {}", String::from_utf8_lossy(&out.stderr));
     }
 
+    /// Makes `host` a jump host to all the others, with sshd's default limits
+    /// (or `max_startups`); returns its ssh_config (the others named
+    /// `HOST-j`, reached through it) and the list of those names.
+    pub fn bastion(&self, host: &str, max_startups: Option<&str>) -> (PathBuf, PathBuf) {
+        let mut args = vec!["bastion", host];
+        args.extend(max_startups);
+        let out = self.script(&args);
+        assert!(out.status.success(), "bastion {host}: {}", String::from_utf8_lossy(&out.stderr));
+        (self.dir.join("ssh_config.jump"), self.dir.join("hosts.jump"))
+    }
+
     /// Runs a shell command inside a host.
     pub fn exec(&self, host: &str, command: &str) -> Output {
         self.script(&["exec", host, "/bin/sh", "-c", command])
