@@ -400,6 +400,12 @@ fn retry_pause(next: u32) -> Duration {
     full.mul_f64(rand::random_range(0.5..=1.0))
 }
 
+/// Keeps the refused attempts in the host's transport evidence.
+fn record_refusals(transport: &mut BTreeMap<String, String>, refusals: &[String], attempts: usize) {
+    transport.insert("attempts".into(), attempts.to_string());
+    transport.insert("refused_before_banner".into(), refusals.join("; "));
+}
+
 fn failed(
     status: HostStatus,
     message: String,
@@ -494,7 +500,7 @@ impl HostExec for SshTransport {
         // Connections closed before the SSH banner (sshd beyond its
         // MaxStartups, on the host or a jump host) are tried again.
         let mut refusals: Vec<String> = Vec::new();
-        let (mut child, mut out, mut err, mut o, mut e, driven, stdin) = loop {
+        let (mut child, mut out, mut err, mut o, mut e, driven, stdin, started_on_host, stderr_text, refused) = loop {
             let mut cmd = Command::new(&line[0]);
             cmd.args(&line[1..]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
             let mut child = match cmd.spawn() {
@@ -523,14 +529,11 @@ impl HostExec for SshTransport {
             // The script, or nothing if writing it had not finished.
             writer.abort();
             let stdin = writer.await.ok();
-            let refused = match &driven {
-                Driven::Exited(Ok(status)) => {
-                    status.code() == Some(255)
-                        && remote_pid(&o.bytes, script.nonce()).is_none()
-                        && refused_before_banner(&String::from_utf8_lossy(&e.bytes))
-                }
-                _ => false,
-            };
+            let started_on_host = remote_pid(&o.bytes, script.nonce()).is_some();
+            let stderr_text = String::from_utf8_lossy(&e.bytes).into_owned();
+            let refused = matches!(&driven, Driven::Exited(Ok(status)) if status.code() == Some(255))
+                && !started_on_host
+                && refused_before_banner(&stderr_text);
             let attempt = refusals.len() as u32 + 1;
             if refused && attempt < self.options.connection_attempts {
                 let pause = retry_pause(attempt + 1);
@@ -539,13 +542,12 @@ impl HostExec for SshTransport {
                     refusals.push(format!(
                         "attempt {attempt} at +{:.2}s: {}",
                         begun.elapsed().as_secs_f64(),
-                        String::from_utf8_lossy(&e.bytes).split_whitespace().collect::<Vec<_>>().join(" ")
+                        stderr_text.split_whitespace().collect::<Vec<_>>().join(" ")
                     ));
                     tokio::select! {
                         () = tokio::time::sleep(pause) => continue,
                         () = cancel.cancelled() => {
-                            transport.insert("attempts".into(), refusals.len().to_string());
-                            transport.insert("refused_before_banner".into(), refusals.join("; "));
+                            record_refusals(&mut transport, &refusals, refusals.len());
                             return failed(
                                 HostStatus::Cancelled,
                                 "the run was interrupted while waiting to connect again".into(),
@@ -556,14 +558,11 @@ impl HostExec for SshTransport {
                     }
                 }
             }
-            break (child, out, err, o, e, driven, stdin);
+            break (child, out, err, o, e, driven, stdin, started_on_host, stderr_text, refused);
         };
         if !refusals.is_empty() {
-            transport.insert("attempts".into(), (refusals.len() + 1).to_string());
-            transport.insert("refused_before_banner".into(), refusals.join("; "));
+            record_refusals(&mut transport, &refusals, refusals.len() + 1);
         }
-        let started_on_host = remote_pid(&o.bytes, script.nonce()).is_some();
-        let stderr_text = String::from_utf8_lossy(&e.bytes).to_string();
         let end = match driven {
             Driven::Exited(Ok(status)) => {
                 drop(stdin);
@@ -571,7 +570,7 @@ impl HostExec for SshTransport {
                 transport.insert("exit_code".into(), code.to_string());
                 if code == 255 && !started_on_host {
                     let (status, mut message) = classify(&stderr_text);
-                    if refused_before_banner(&stderr_text) {
+                    if refused {
                         let n = refusals.len() + 1;
                         message.push_str(&format!(
                             "; the connection was closed before the SSH banner ({n} attempt{}): sshd does that beyond its MaxStartups, on the host or a jump host (lower --concurrency, or raise MaxStartups there), and so does a ProxyCommand that fails without a word",
