@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 use diffy_testkit::fleet::{FleetSpec, write_fleet};
 use nix::sys::resource::{UsageWho, getrusage};
 
+mod shared;
+
 fn fleet(n: usize) -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench-fleets").join(n.to_string());
     if !dir.join("truth.json").exists() {
@@ -31,12 +33,8 @@ fn dir_bytes(dir: &Path) -> u64 {
 }
 
 fn main() {
-    let sizes: Vec<usize> = std::env::var("DIFFY_BENCH_SIZES")
-        .unwrap_or_else(|_| "1000,10000".into())
-        .split(',')
-        .map(|s| s.trim().parse().expect("sizes are numbers"))
-        .collect();
-    let runs: usize = std::env::var("DIFFY_BENCH_RUNS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
+    let sizes = shared::sizes("DIFFY_BENCH_SIZES", "1000,10000");
+    let runs = shared::runs();
     let bin = env!("CARGO_BIN_EXE_diffy-under-test");
     let mut rows = Vec::new();
     // Ascending sizes: the children's peak RSS is a maximum over all runs so far.

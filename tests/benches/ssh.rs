@@ -23,6 +23,8 @@ use diffy_core::script::Script;
 use nix::sys::resource::{UsageWho, getrusage};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 
+mod shared;
+
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fleet/diffy-fleet");
 const PARALLEL: usize = 50;
 
@@ -162,15 +164,8 @@ fn pssh(cfg: &Path, hosts_file: &Path, script: &Path, out: &Path) {
 
 /// The median of each measure over runs (each on its own).
 fn medians(v: &[Sample]) -> Sample {
-    let median = |of: fn(&Sample) -> f64| spread(&v.iter().map(of).collect::<Vec<_>>()).0;
+    let median = |of: fn(&Sample) -> f64| shared::spread(&v.iter().map(of).collect::<Vec<_>>()).0;
     Sample { wall: median(|s| s.wall), cpu: median(|s| s.cpu), machine: median(|s| s.machine) }
-}
-
-/// Median, lowest and highest.
-fn spread(v: &[f64]) -> (f64, f64, f64) {
-    let mut x = v.to_vec();
-    x.sort_by(f64::total_cmp);
-    (x[x.len() / 2], x[0], x[x.len() - 1])
 }
 
 fn main() {
@@ -183,12 +178,8 @@ fn main() {
         return;
     }
     nix::sys::prctl::set_child_subreaper(true).expect("become a subreaper");
-    let sizes: Vec<usize> = std::env::var("DIFFY_BENCH_SSH_SIZES")
-        .unwrap_or_else(|_| "100,200".into())
-        .split(',')
-        .map(|s| s.trim().parse().expect("sizes are numbers"))
-        .collect();
-    let runs: usize = std::env::var("DIFFY_BENCH_RUNS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
+    let sizes = shared::sizes("DIFFY_BENCH_SSH_SIZES", "100,200");
+    let runs = shared::runs();
     let work = tempfile::tempdir().unwrap();
     let script = work.path().join("payload.sh");
     let rendered = Script::render(&ShellPayload::pack(), Duration::from_secs(120)).unwrap();
@@ -256,7 +247,7 @@ fn main() {
                 diffy: medians(&d),
                 pssh: medians(&p),
                 faster,
-                ratio: spread(&ratios),
+                ratio: shared::spread(&ratios),
             });
         }
         assert!(fleet(&["down"], &dir, &prefix), "the fleet goes down");

@@ -28,6 +28,8 @@ use diffy_core::{
 use futures::StreamExt;
 use nix::sys::resource::{UsageWho, getrusage};
 
+mod shared;
+
 /// The shell pack's real result on this machine.
 fn real_result() -> HostResult {
     let spec = ShellPayload::pack();
@@ -40,8 +42,11 @@ fn real_result() -> HostResult {
         .stderr(Stdio::piped())
         .spawn()
         .expect("sh runs");
-    child.stdin.take().unwrap().write_all(script.text().as_bytes()).unwrap();
+    // Written from a thread, so that output filling its pipe cannot stall the script.
+    let (mut stdin, text) = (child.stdin.take().unwrap(), script.text().to_string());
+    let writer = std::thread::spawn(move || stdin.write_all(text.as_bytes()));
     let out = child.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
     let exec = Execution {
         stdout: Bytes::from(out.stdout),
         stderr: Bytes::from(out.stderr),
@@ -105,18 +110,9 @@ async fn store_hosts(dir: &std::path::Path, one: &HostResult, n: usize, at_once:
     (t.elapsed().as_secs_f64(), cpu_seconds() - cpu)
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 fn main() {
-    let sizes: Vec<usize> = std::env::var("DIFFY_BENCH_SIZES")
-        .unwrap_or_else(|_| "200,1000".into())
-        .split(',')
-        .map(|s| s.trim().parse().expect("sizes are numbers"))
-        .collect();
-    let runs: usize = std::env::var("DIFFY_BENCH_RUNS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
+    let sizes = shared::sizes("DIFFY_BENCH_SIZES", "200,1000");
+    let runs = shared::runs();
     let base = std::env::var_os("DIFFY_BENCH_STORE_DIR")
         .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"), PathBuf::from);
     let one = real_result();
@@ -147,7 +143,7 @@ fn main() {
                 walls.push(w);
                 cpus.push(c);
             }
-            let (w, c) = (median(walls), median(cpus));
+            let (w, c) = (shared::spread(&walls).0, shared::spread(&cpus).0);
             println!(
                 "| {n} | {at_once} | {w:.2} s | {:.2} ms | {c:.2} s | {:.2} ms |",
                 w * 1000.0 / n as f64,
