@@ -1,7 +1,9 @@
 //! Benchmark: a full collection of the standard shell pack over SSH, on the
 //! namespace fleet, side by side with `parallel-ssh -p 50` running the same
-//! script over the same hosts and settings, and with the floor of one key
-//! exchange per host (`ssh HOST true`, 50 at a time). Prints a table of wall
+//! script over the same hosts and settings, with the floor of one key
+//! exchange per host (`ssh HOST true`, 50 at a time), and with bare ssh
+//! running the payload (`ssh HOST sh -s < script`, 50 at a time: what running
+//! it costs any tool before it keeps anything). Prints a table of wall
 //! time, client CPU (user + system of every client process: diffy or
 //! parallel-ssh, the ssh clients, their ProxyCommands) and the CPU of the
 //! whole machine, which also runs the test hosts' sshd and payloads: on a
@@ -10,7 +12,9 @@
 //! `cargo bench -p diffy-tests --bench ssh` (as root; needs openssh-server,
 //! socat and pssh). Sizes: DIFFY_BENCH_SSH_SIZES=100,200. Runs per cell:
 //! DIFFY_BENCH_RUNS=5 (medians are shown; the runs interleave, and each
-//! is printed on stderr).
+//! is printed on stderr). diffy's stores and parallel-ssh's outputs go to a
+//! temporary directory under DIFFY_BENCH_STORE_DIR (default: the workspace's
+//! target/); both count in the client CPU, so the filesystem matters.
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
@@ -52,16 +56,6 @@ fn reap() {
     }
 }
 
-/// CPU seconds spent by the whole machine (every process, the test hosts'
-/// included) since boot, from /proc/stat.
-fn machine_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/stat").expect("/proc/stat");
-    let ticks: Vec<f64> = stat.lines().next().unwrap().split_whitespace().skip(1).map(|t| t.parse().unwrap()).collect();
-    // user nice system idle iowait irq softirq steal ...: all but idle and iowait.
-    let busy: f64 = ticks.iter().sum::<f64>() - ticks[3] - ticks[4];
-    busy / nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).unwrap().unwrap() as f64
-}
-
 /// One measured run.
 #[derive(Clone, Copy)]
 struct Sample {
@@ -76,12 +70,12 @@ struct Sample {
 /// Runs `f` and measures it.
 fn measure(f: impl FnOnce()) -> Sample {
     reap();
-    let (cpu, machine) = (cpu_seconds(), machine_seconds());
+    let (cpu, machine) = (cpu_seconds(), shared::machine_seconds());
     let t = Instant::now();
     f();
     let wall = t.elapsed().as_secs_f64();
     reap();
-    Sample { wall, cpu: cpu_seconds() - cpu, machine: machine_seconds() - machine }
+    Sample { wall, cpu: cpu_seconds() - cpu, machine: shared::machine_seconds() - machine }
 }
 
 fn fleet(args: &[&str], dir: &Path, prefix: &str) -> bool {
@@ -96,23 +90,28 @@ fn hosts(dir: &Path) -> Vec<String> {
     std::fs::read_to_string(dir.join("hosts.txt")).unwrap().lines().map(str::to_string).collect()
 }
 
-fn floor(cfg: &Path, hosts: &[String]) {
+/// Runs `ssh HOST COMMAND` on every host, 50 at a time, with `stdin` (a file)
+/// or nothing as its input. `true` is the floor of one key exchange per host;
+/// `sh -s` with the payload's script is what any tool running the payload
+/// over ssh costs, before it stores anything.
+fn bare_ssh(cfg: &Path, hosts: &[String], command: &str, stdin: Option<&Path>) {
     for chunk in hosts.chunks(PARALLEL) {
         let children: Vec<_> = chunk
             .iter()
             .map(|h| {
+                let input = stdin.map_or_else(Stdio::null, |f| std::fs::File::open(f).unwrap().into());
                 Command::new("ssh")
                     .arg("-F")
                     .arg(cfg)
-                    .arg(h)
-                    .arg("true")
-                    .stdin(Stdio::null())
+                    .args(["-T", h, command])
+                    .stdin(input)
+                    .stdout(Stdio::null())
                     .spawn()
                     .expect("ssh runs")
             })
             .collect();
         for mut c in children {
-            assert!(c.wait().unwrap().success(), "ssh true failed");
+            assert!(c.wait().unwrap().success(), "ssh {command} failed");
         }
     }
 }
@@ -180,7 +179,8 @@ fn main() {
     nix::sys::prctl::set_child_subreaper(true).expect("become a subreaper");
     let sizes = shared::sizes("DIFFY_BENCH_SSH_SIZES", "100,200");
     let runs = shared::runs();
-    let work = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir_in(shared::store_base()).unwrap();
+    println!("diffy's stores and parallel-ssh's outputs under {}", work.path().display());
     let script = work.path().join("payload.sh");
     let rendered = Script::render(&ShellPayload::pack(), Duration::from_secs(120)).unwrap();
     std::fs::write(&script, rendered.text()).unwrap();
@@ -204,10 +204,11 @@ fn main() {
         // Runs interleave (the floor, then diffy and parallel-ssh, for each key
         // exchange, then again), so that a slow spell of the machine hits all
         // alike.
-        let mut cells: Vec<[Vec<Sample>; 3]> = kexes.iter().map(|_| [vec![], vec![], vec![]]).collect();
+        let mut cells: Vec<[Vec<Sample>; 4]> = kexes.iter().map(|_| [vec![], vec![], vec![], vec![]]).collect();
         for i in 0..runs {
             for (k, (kex, cfg)) in kexes.iter().enumerate() {
-                let f = measure(|| floor(cfg, &list));
+                let f = measure(|| bare_ssh(cfg, &list, "true", None));
+                let b = measure(|| bare_ssh(cfg, &list, "sh -s", Some(&script)));
                 let store = work.path().join(format!("store-{n}-{i}-{k}"));
                 let out = work.path().join(format!("pssh-{n}-{i}-{k}"));
                 let run_diffy = || measure(|| diffy(cfg, &store));
@@ -222,9 +223,10 @@ fn main() {
                     (run_diffy(), p)
                 };
                 eprintln!(
-                    "{n} hosts, {kex}, run {}: floor {:.2} s CPU; diffy {:.2} s wall, {:.2} s CPU, machine {:.2} s; parallel-ssh {:.2} s wall, {:.2} s CPU, machine {:.2} s",
+                    "{n} hosts, {kex}, run {}: floor {:.2} s CPU; bare ssh with the payload {:.2} s CPU; diffy {:.2} s wall, {:.2} s CPU, machine {:.2} s; parallel-ssh {:.2} s wall, {:.2} s CPU, machine {:.2} s",
                     i + 1,
                     f.cpu,
+                    b.cpu,
                     d.wall,
                     d.cpu,
                     d.machine,
@@ -233,21 +235,25 @@ fn main() {
                     p.machine
                 );
                 cells[k][0].push(f);
-                cells[k][1].push(d);
-                cells[k][2].push(p);
+                cells[k][1].push(b);
+                cells[k][2].push(d);
+                cells[k][3].push(p);
             }
         }
-        for ((kex, _), [f, d, p]) in kexes.iter().zip(cells) {
+        for ((kex, _), [f, b, d, p]) in kexes.iter().zip(cells) {
             let ratios: Vec<f64> = f.iter().zip(&d).map(|(f, d)| d.cpu / f.cpu).collect();
+            let over_bare: Vec<f64> = b.iter().zip(&d).map(|(b, d)| d.cpu / b.cpu).collect();
             let faster = d.iter().zip(&p).filter(|(d, p)| d.wall < p.wall).count();
             rows.push(Row {
                 hosts: n,
                 kex,
                 floor_cpu: medians(&f).cpu,
+                bare_cpu: medians(&b).cpu,
                 diffy: medians(&d),
                 pssh: medians(&p),
                 faster,
                 ratio: shared::spread(&ratios),
+                over_bare: shared::spread(&over_bare),
             });
         }
         assert!(fleet(&["down"], &dir, &prefix), "the fleet goes down");
@@ -258,13 +264,14 @@ fn main() {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
     println!(
-        "| hosts | key exchange | diffy wall | parallel-ssh wall | runs diffy was faster | diffy client CPU | parallel-ssh client CPU | floor CPU (ssh true) | diffy CPU / floor (median, range) | machine CPU diffy / parallel-ssh |"
+        "| hosts | key exchange | diffy wall | parallel-ssh wall | runs diffy was faster | diffy client CPU | parallel-ssh client CPU | floor CPU (ssh true) | bare ssh with the payload CPU | diffy CPU / floor (median, range) | diffy CPU / bare ssh (median, range) | machine CPU diffy / parallel-ssh |"
     );
-    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows {
         let (ratio, low, high) = r.ratio;
+        let (over, over_low, over_high) = r.over_bare;
         println!(
-            "| {} | {} | {:.2} s | {:.2} s | {} of {runs} | {:.2} s | {:.2} s | {:.2} s | {ratio:.2} ({low:.2}–{high:.2}) | {:.1} s / {:.1} s |",
+            "| {} | {} | {:.2} s | {:.2} s | {} of {runs} | {:.2} s | {:.2} s | {:.2} s | {:.2} s | {ratio:.2} ({low:.2}–{high:.2}) | {over:.2} ({over_low:.2}–{over_high:.2}) | {:.1} s / {:.1} s |",
             r.hosts,
             r.kex,
             r.diffy.wall,
@@ -273,6 +280,7 @@ fn main() {
             r.diffy.cpu,
             r.pssh.cpu,
             r.floor_cpu,
+            r.bare_cpu,
             r.diffy.machine,
             r.pssh.machine,
         );
@@ -284,8 +292,10 @@ struct Row {
     hosts: usize,
     kex: &'static str,
     floor_cpu: f64,
+    bare_cpu: f64,
     diffy: Sample,
     pssh: Sample,
     faster: usize,
     ratio: (f64, f64, f64),
+    over_bare: (f64, f64, f64),
 }
