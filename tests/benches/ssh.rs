@@ -201,9 +201,9 @@ fn main() {
         .unwrap();
         let list = hosts(&dir);
         let kexes = [("default (sntrup761x25519)", &cfg_default), ("curve25519-sha256", &cfg_curve)];
-        // Runs interleave (the floor, then diffy and parallel-ssh, for each key
-        // exchange, then again), so that a slow spell of the machine hits all
-        // alike.
+        // Runs interleave (the floor, bare ssh with the payload, then diffy and
+        // parallel-ssh, for each key exchange, then again), so that a slow
+        // spell of the machine hits all alike.
         let mut cells: Vec<[Vec<Sample>; 4]> = kexes.iter().map(|_| [vec![], vec![], vec![], vec![]]).collect();
         for i in 0..runs {
             for (k, (kex, cfg)) in kexes.iter().enumerate() {
