@@ -185,9 +185,11 @@ pub(crate) fn evidence(c: &Common, run: &RunId) -> String {
 }
 
 pub(crate) fn print_json<T: serde::Serialize>(value: &T) -> CliResult<()> {
-    let mut out = std::io::stdout().lock();
+    // Stdout flushes at every line; a report has thousands of them.
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     serde_json::to_writer_pretty(&mut out, value).map_err(|e| CliError::plain(format!("cannot write JSON: {e}")))?;
     writeln!(out)?;
+    out.flush()?;
     Ok(())
 }
 

@@ -32,11 +32,38 @@ fn init_tracing(verbose: u8) {
         tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
 }
 
+/// How many threads run async tasks: 1 unless `TOKIO_WORKER_THREADS` says.
+///
+/// These threads only wait (on ssh's pipes, HTTP, timers); parsing, storing
+/// and analysing run on the blocking pool, which grows as needed. One thread
+/// keeps up with hundreds of concurrent hosts and spares the cross-thread
+/// wake-ups of several: with one per core, a collection over SSH cost about
+/// 0.7 ms more CPU per host on 2 cores (`tests/benches/ssh.rs`).
+fn async_threads() -> usize {
+    let setting = std::env::var("TOKIO_WORKER_THREADS").ok();
+    threads_from(setting.as_deref()).unwrap_or_else(|bad| {
+        tracing::warn!("TOKIO_WORKER_THREADS={bad:?} is not a positive number; using 1 async thread");
+        1
+    })
+}
+
+/// The number of async threads `setting` asks for, or the setting refused.
+fn threads_from(setting: Option<&str>) -> Result<usize, &str> {
+    match setting {
+        None => Ok(1),
+        Some(v) => match v.trim().parse::<usize>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(v),
+        },
+    }
+}
+
 /// Runs `diffy` with the process's arguments; returns the exit status.
 pub fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     init_tracing(cli.verbose);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(async_threads()).enable_all().build()
+    {
         Ok(r) => r,
         Err(e) => {
             let _ = writeln!(std::io::stderr(), "error: cannot start the async runtime: {e}");
@@ -49,5 +76,19 @@ pub fn main() -> ExitCode {
             let _ = writeln!(std::io::stderr(), "{e}");
             ExitCode::from(error::EXIT_TROUBLE)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::threads_from;
+
+    #[test]
+    fn one_async_thread_unless_told() {
+        assert_eq!(threads_from(None), Ok(1));
+        assert_eq!(threads_from(Some("4")), Ok(4));
+        assert_eq!(threads_from(Some(" 2 ")), Ok(2));
+        assert_eq!(threads_from(Some("0")), Err("0"));
+        assert_eq!(threads_from(Some("many")), Err("many"));
     }
 }

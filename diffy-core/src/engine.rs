@@ -232,6 +232,9 @@ impl AnalyzeOptions {
     }
 }
 
+/// How many hosts' evidence is written to the store at once.
+const STORE_WRITES_AT_ONCE: usize = 32;
+
 /// Builds an [`Engine`]. Every part is optional here; an operation that needs
 /// a missing part fails with [`Error::NotConfigured`] saying which.
 #[derive(Debug, Default)]
@@ -511,11 +514,24 @@ impl Engine {
         let mut stream = collection.collect(request);
         let mut statuses = Vec::with_capacity(total);
         let mut store_error = None;
-        while let Some(event) = stream.next().await {
-            match event {
-                CollectEvent::Started(host) => sink.event(&Event::HostStarted(HostStarted { host })),
-                CollectEvent::Finished(result) => {
-                    if let Err(e) = self.store.put_host_result(&manifest.id, &result).await {
+        // Hosts are stored as they finish, several at once: storing one at a
+        // time (about a dozen flushed files each) falls behind a fast
+        // collection, and the last hosts to finish would wait for the others.
+        let (store, run_id) = (&*self.store, &manifest.id);
+        let mut storing = futures::stream::FuturesUnordered::new();
+        let mut collecting = true;
+        while collecting || !storing.is_empty() {
+            tokio::select! {
+                event = stream.next(), if collecting && storing.len() < STORE_WRITES_AT_ONCE => match event {
+                    None => collecting = false,
+                    Some(CollectEvent::Started(host)) => sink.event(&Event::HostStarted(HostStarted { host })),
+                    Some(CollectEvent::Finished(result)) => storing.push(async move {
+                        let stored = store.put_host_result(run_id, &result).await;
+                        (result, stored)
+                    }),
+                },
+                Some((result, stored)) = storing.next(), if !storing.is_empty() => {
+                    if let Err(e) = stored {
                         // Evidence that cannot be kept must not be collected
                         // further: stop the run and say why.
                         tracing::error!("cannot store the evidence of {}: {e}", result.host.id);
@@ -542,6 +558,7 @@ impl Engine {
                 }
             }
         }
+        drop(storing);
         manifest.finished_at = Some(Utc::now());
         manifest.counts = RunCounts::tally(total, statuses.iter().copied());
         let interrupted = cancel.is_cancelled() || statuses.contains(&HostStatus::Cancelled);

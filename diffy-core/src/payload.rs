@@ -417,7 +417,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let odd = dir.path().join("we\tird\nname");
         std::fs::copy("/bin/sleep", &odd).unwrap();
-        let mut child = Command::new(&odd).arg("30").stdin(Stdio::null()).spawn().unwrap();
+        // Another test's fork can briefly hold the copy open for writing
+        // (until its exec closes it), so exec may see ETXTBSY: try again.
+        let spawn = || Command::new(&odd).arg("30").stdin(Stdio::null()).spawn();
+        let mut child = (0..50)
+            .find_map(|_| match spawn() {
+                Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    None
+                }
+                other => Some(other),
+            })
+            .expect("the copy stays busy for a second")
+            .unwrap();
         let pid = child.id().to_string();
         let Some(crate::query::QueryCommand::Shell(query)) =
             standard_query_named("processes").map(|q| q.command.clone())

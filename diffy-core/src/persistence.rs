@@ -34,6 +34,9 @@ pub enum BaselineWrite {
 /// - **Safe names.** Every id used in a path was validated when it was made
 ///   ([`crate::names`]); stores must still refuse names that would escape them.
 /// - Missing runs and hosts are `NotFound`; a missing baseline is `Ok(None)`.
+/// - **Concurrent writes.** The engine stores several hosts of one run at once
+///   (different hosts, never the same one twice); two hosts' identical raw
+///   blocks may be written at the same moment.
 #[async_trait]
 pub trait Persistence: Send + Sync + std::fmt::Debug {
     /// The store's kind (`fs`, `s3`).
