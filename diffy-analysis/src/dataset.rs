@@ -2,6 +2,7 @@
 //! is stored once, and each host holds only row ids. Builders can run in
 //! parallel and be merged.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -11,6 +12,30 @@ use diffy_core::{HostStatus, QueryStatus, Row};
 use rustc_hash::{FxHashMap, FxHasher};
 
 use crate::profile::{ColumnRole, HostNames, Profile};
+
+/// The longest column value analysed whole (64 KiB). A longer one (a host
+/// printing 200 MB in a command line) is kept as its first KiB, its length
+/// and its SHA-256: two different long values stay different, and nothing
+/// downstream (keys, explanations, reports) grows with what a host chose to
+/// print. The raw output keeps every byte.
+pub(crate) const MAX_VALUE: usize = 64 * 1024;
+
+/// `value`, or its capped form when it is longer than [`MAX_VALUE`].
+pub(crate) fn cap_value(value: &str) -> Cow<'_, str> {
+    if value.len() <= MAX_VALUE {
+        return Cow::Borrowed(value);
+    }
+    let mut head = 1024;
+    while !value.is_char_boundary(head) {
+        head -= 1;
+    }
+    Cow::Owned(format!(
+        "{}… [{} bytes in all, sha256 {}]",
+        &value[..head],
+        value.len(),
+        diffy_core::result::sha256_hex(value.as_bytes())
+    ))
+}
 
 const COL_SEP: char = '\u{1f}';
 const PAIR_SEP: char = '\u{1e}';
@@ -331,6 +356,11 @@ impl Builder {
         host_index: u32,
         pairs: &[(A, B)],
     ) -> (u32, u64) {
+        if pairs.iter().any(|(_, v)| v.as_ref().len() > MAX_VALUE) {
+            let capped: Vec<(&str, Cow<'_, str>)> =
+                pairs.iter().map(|(c, v)| (c.as_ref(), cap_value(v.as_ref()))).collect();
+            return self.intern_row(ti, names, host_index, &capped);
+        }
         let table = &mut self.tables[ti];
         let scratch = &mut self.scratch;
         let orig = normalise_row(&table.profile, &mut table.plans, pairs, names, scratch);

@@ -217,11 +217,32 @@ pub(crate) struct Imported {
     pub baseline_source: Option<String>,
 }
 
+/// How deep values may nest in a host file (the file's own object, its
+/// results, a query's rows and a row's columns take four levels). Deeper
+/// files are refused before anything walks them.
+pub(crate) const MAX_DEPTH: usize = 64;
+
+/// How deep the values on `tape` nest, counted without recursion.
+fn depth(tape: &[Node<'_>]) -> usize {
+    let mut open: Vec<usize> = Vec::new();
+    let mut deepest = 0;
+    for (i, node) in tape.iter().enumerate() {
+        while open.last().is_some_and(|&end| end <= i) {
+            open.pop();
+        }
+        if let Node::Object { count, .. } | Node::Array { count, .. } = node {
+            open.push(i + 1 + count);
+            deepest = deepest.max(open.len());
+        }
+    }
+    deepest
+}
+
 fn failed_entry(id: &str, message: String) -> HostEntry {
     HostEntry {
         id: id.to_string(),
         labels: BTreeMap::new(),
-        status: HostStatus::TransportError,
+        status: HostStatus::InvalidEvidence,
         message: Some(message),
         queries: Vec::new(),
     }
@@ -233,6 +254,9 @@ fn add_file(builder: &mut Builder, role: Role, fallback_id: &str, bytes: &mut [u
     let mut tape = parser.tape.take().unwrap_or_else(Tape::null).reset();
     let parsed = simd_json::fill_tape(bytes, &mut parser.buffers, &mut tape);
     let entry = match parsed {
+        Ok(()) if depth(&tape.0) > MAX_DEPTH => {
+            failed_entry(fallback_id, format!("{source} nests values deeper than {MAX_DEPTH} levels"))
+        }
         Ok(()) => match walk_host(&tape.0, builder, role, fallback_id) {
             Ok(entry) => match HostId::new(entry.id.as_str()) {
                 Ok(_) => entry,
@@ -245,6 +269,18 @@ fn add_file(builder: &mut Builder, role: Role, fallback_id: &str, bytes: &mut [u
     };
     parser.tape = Some(tape.reset());
     builder.push_host(role, entry);
+}
+
+/// Reads one host file's bytes as an import does, into a fresh table set;
+/// returns the host's status and how many rows it gave (for fuzzing).
+pub(crate) fn read_one(bytes: &[u8], profiles: Arc<Profiles>) -> (HostStatus, usize) {
+    let mut builder = Builder::new(profiles);
+    let mut parser = Parser::default();
+    let mut bytes = bytes.to_vec();
+    add_file(&mut builder, Role::Survey, "fuzzed", &mut bytes, "hosts/fuzzed.json", &mut parser);
+    let host = &builder.survey[0];
+    let rows = host.queries.iter().map(|(_, q)| if let HostQuery::Rows(r) = q { r.len() } else { 0 }).sum();
+    (host.status, rows)
 }
 
 /// A parser's reusable buffers, one per thread.
@@ -281,6 +317,29 @@ fn host_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// A host read from two files would be counted twice: refuse the import,
+/// as a static target refuses a host listed twice.
+fn refuse_duplicates(builder: &Builder, files: &[PathBuf]) -> Result<()> {
+    let mut seen: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    // Hosts are pushed in file order (rayon keeps it through fold and reduce).
+    let file = |i: usize| {
+        (builder.survey.len() == files.len()).then(|| files[i].file_name().map(|n| n.to_string_lossy().into_owned()))
+    };
+    for (i, h) in builder.survey.iter().enumerate() {
+        if let Some(first) = seen.insert(h.id.as_str(), i) {
+            let files = match (file(first).flatten(), file(i).flatten()) {
+                (Some(a), Some(b)) => format!(" (hosts/{a} and hosts/{b})"),
+                _ => String::new(),
+            };
+            return Err(Error::invalid_with_help(
+                format!("host {} is in two host files{files}", h.id),
+                "each host must be imported once: remove the copy, or give it its own instance_id",
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Reads an import folder in parallel.
 pub(crate) fn load(dir: &Path, profiles: Arc<Profiles>) -> Result<Imported> {
     let files = host_files(dir)?;
@@ -303,6 +362,7 @@ pub(crate) fn load(dir: &Path, profiles: Arc<Profiles>) -> Result<Imported> {
         .reduce(|| Builder::new(profiles.clone()), Builder::merge);
     tracing::debug!("read {} host files in {:?}", files.len(), t0.elapsed());
     let mut builder = builder;
+    refuse_duplicates(&builder, &files)?;
     let baseline_path = dir.join("baseline.json");
     let mut baseline_source = None;
     if baseline_path.exists() {

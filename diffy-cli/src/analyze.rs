@@ -119,7 +119,7 @@ pub(crate) async fn analyze(c: &Common, a: &AnalyzeArgs) -> CliResult<u8> {
     let analysis: Arc<dyn diffy_core::Analysis> = Arc::new(analysis);
     if let Some(from) = &a.from {
         let run = RunId::new(from.as_str()).map_err(CliError::from)?;
-        let store = registry::store(&c.store, &registry::AwsCell::default())?;
+        let store = registry::store(&c.store, &registry::AwsCell::default(), registry::StoreUse::Read)?;
         if let Some(k) = &a.key {
             let m = store.get_run(&run).await?;
             if m.target.as_str() != k {

@@ -153,7 +153,7 @@ pub(crate) fn collecting_engine(
     let collection = registry::transport(&transport_name, &ssh, incident.as_deref(), &aws)?;
     let target = registry::target(&target_name, hosts, hosts_file.as_deref(), &transport_name, &ssh, &aws)?;
     let payload = registry::payload(&payload_name, &c.config)?;
-    let store = registry::store(&c.store, &aws)?;
+    let store = registry::store(&c.store, &aws, registry::StoreUse::Write)?;
     let options = collect_options(c, tr, collection.default_concurrency())?;
     Ok(Engine::builder()
         .target_arc(target)
@@ -163,19 +163,38 @@ pub(crate) fn collecting_engine(
         .collect_options(options))
 }
 
-/// Starts watching Ctrl-C: the first cancels the run (what arrived is kept),
-/// the second exits at once.
+/// Starts watching Ctrl-C, SIGTERM and SIGHUP (a closed terminal, a `kill`,
+/// a CI job stopped): the first cancels the run (what arrived is kept, the
+/// run is marked interrupted), a second exits at once.
 pub(crate) fn ctrl_c(cancel: CancellationToken) {
-    tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            let _ = writeln!(
-                std::io::stderr(),
-                "\ninterrupted: stopping the hosts still running; what arrived is kept (Ctrl-C again to quit at once)"
-            );
-            cancel.cancel();
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut hup)) = (signal(SignalKind::terminate()), signal(SignalKind::hangup())) else {
+        tracing::warn!("cannot watch SIGTERM and SIGHUP; only Ctrl-C stops a run cleanly");
+        tokio::spawn(async move {
             if tokio::signal::ctrl_c().await.is_ok() {
+                cancel.cancel();
+            }
+        });
+        return;
+    };
+    tokio::spawn(async move {
+        let mut first = true;
+        loop {
+            let what = tokio::select! {
+                r = tokio::signal::ctrl_c() => if r.is_ok() { "interrupted" } else { return },
+                Some(()) = term.recv() => "terminated (SIGTERM)",
+                Some(()) = hup.recv() => "hung up (SIGHUP)",
+            };
+            if !first {
                 std::process::exit(i32::from(EXIT_INTERRUPTED));
             }
+            first = false;
+            // A closed terminal may be the reason: never fail on this write.
+            let _ = writeln!(
+                std::io::stderr(),
+                "\n{what}: stopping the hosts still running; what arrived is kept (Ctrl-C again to quit at once)"
+            );
+            cancel.cancel();
         }
     });
 }
@@ -264,7 +283,7 @@ async fn baseline(c: &Common, a: &BaselineArgs) -> CliResult<u8> {
 }
 
 async fn runs(c: &Common, a: &RunsArgs) -> CliResult<u8> {
-    let store = registry::store(&c.store, &registry::AwsCell::default())?;
+    let store = registry::store(&c.store, &registry::AwsCell::default(), registry::StoreUse::Read)?;
     let target = a.key.as_deref().map(key).transpose()?;
     let manifests = store.list_runs(target.as_ref()).await?;
     let mut baselines = std::collections::BTreeMap::new();

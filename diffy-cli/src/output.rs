@@ -94,8 +94,67 @@ fn kind(k: FindingKind) -> &'static str {
     k.as_str()
 }
 
-/// Renders a report for people.
+/// Whether a terminal could act on `c` or show it as something else: C0 and
+/// C1 controls and DEL (cursor moves, screen clears, a carriage return that
+/// overwrites a line), bidirectional overrides and isolates (text shown in
+/// another order than it is), and invisible separators.
+fn unsafe_char(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{061c}'
+                | '\u{200b}'..='\u{200f}'
+                | '\u{2028}'..='\u{202e}'
+                | '\u{2060}'..='\u{2069}'
+                | '\u{feff}'
+        )
+}
+
+/// Host text made safe for a terminal: every control, bidi and invisible
+/// character written as an escape (`\n`, `\x1b`, `\u{202e}`), and at most
+/// `max` characters shown. Rows, messages and explanations come from hosts
+/// that may be the attacker's.
+pub fn term(s: &str, max: usize) -> String {
+    let mut out = String::with_capacity(s.len().min(max * 2));
+    for (shown, c) in s.chars().enumerate() {
+        if shown == max {
+            out.push('…');
+            break;
+        }
+        if unsafe_char(c) {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The same check over a whole rendering, line breaks allowed: whatever a
+/// renderer forgot to pass through [`term`] still cannot reach the terminal.
+fn terminal_safe(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(|c| c != '\n' && unsafe_char(c)) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    std::borrow::Cow::Owned(
+        text.chars()
+            .map(|c| if c != '\n' && unsafe_char(c) { c.escape_debug().to_string() } else { c.to_string() })
+            .collect(),
+    )
+}
+
+/// The longest explanation or message shown in a text report (`--format
+/// json` has them whole).
+const SHOWN: usize = 300;
+
+/// Renders a report for people (host text escaped and shortened, see [`term`]).
 pub fn report(out: &mut dyn Write, r: &Report, evidence: Option<&str>, show: usize) -> io::Result<()> {
+    let mut text = Vec::with_capacity(4096);
+    render_report(&mut text, r, evidence, show)?;
+    out.write_all(terminal_safe(&String::from_utf8_lossy(&text)).as_bytes())
+}
+
+fn render_report(out: &mut dyn Write, r: &Report, evidence: Option<&str>, show: usize) -> io::Result<()> {
     match &r.run {
         Some(run) => {
             write!(out, "Diffy report: target {}, run {} ({}", run.target, run.id, run.kind)?;
@@ -164,7 +223,7 @@ pub fn report(out: &mut dyn Write, r: &Report, evidence: Option<&str>, show: usi
                     f.score,
                     kind(f.kind),
                     methods(&f.methods),
-                    f.explanation
+                    term(&f.explanation, SHOWN)
                 )?;
             }
             if h.findings.len() > show {
@@ -195,7 +254,8 @@ pub fn report(out: &mut dyn Write, r: &Report, evidence: Option<&str>, show: usi
             )?;
             for row in co.rows.iter().take(show) {
                 let sign = if row.presence == Presence::Present { "+" } else { "-" };
-                let text: Vec<String> = row.row.iter().map(|(k, v)| format!("{k}={}", shorten(v, 60))).collect();
+                let text: Vec<String> =
+                    row.row.iter().map(|(k, v)| format!("{}={}", term(k, 40), term(v, 60))).collect();
                 writeln!(out, "     {sign} {} {}", row.query, text.join(" "))?;
             }
             if co.rows.len() > show {
@@ -208,7 +268,7 @@ pub fn report(out: &mut dyn Write, r: &Report, evidence: Option<&str>, show: usi
         writeln!(out)?;
         writeln!(out, "Fleet-wide differences (most hosts; reported once):")?;
         for d in r.drift.iter().take(show * 4) {
-            writeln!(out, "  {:<8} {:<9} {}", kind(d.kind), d.method.as_str(), d.explanation)?;
+            writeln!(out, "  {:<8} {:<9} {}", kind(d.kind), d.method.as_str(), term(&d.explanation, SHOWN))?;
         }
         if r.drift.len() > show * 4 {
             writeln!(out, "  … {} more", r.drift.len() - show * 4)?;
@@ -219,10 +279,10 @@ pub fn report(out: &mut dyn Write, r: &Report, evidence: Option<&str>, show: usi
         writeln!(out)?;
         writeln!(out, "Not analysed:")?;
         for h in r.hosts.iter().filter(|h| h.rank.is_none()) {
-            writeln!(out, "  {}  {}  {}", h.host, h.status, h.message.as_deref().unwrap_or(""))?;
+            writeln!(out, "  {}  {}  {}", h.host, h.status, term(h.message.as_deref().unwrap_or(""), SHOWN))?;
         }
         for h in &c.not_targeted_hosts {
-            writeln!(out, "  {}  not targeted  {}", h.host, h.reason)?;
+            writeln!(out, "  {}  not targeted  {}", h.host, term(&h.reason, SHOWN))?;
         }
     }
 
@@ -239,7 +299,7 @@ pub fn report(out: &mut dyn Write, r: &Report, evidence: Option<&str>, show: usi
             let q: Vec<String> = h
                 .failed_queries
                 .iter()
-                .map(|f| format!("{} {} ({})", f.query, f.status, shorten(&f.message, 80)))
+                .map(|f| format!("{} {} ({})", f.query, f.status, term(&f.message, 80)))
                 .collect();
             writeln!(out, "  {}: {}", h.host, q.join("; "))?;
         }
@@ -252,7 +312,7 @@ pub fn report(out: &mut dyn Write, r: &Report, evidence: Option<&str>, show: usi
         writeln!(out)?;
         writeln!(out, "Suppressed (known benign, not scored):")?;
         for s in &r.suppressed {
-            writeln!(out, "  {} findings on {} hosts: {} ({})", s.findings, s.hosts, s.reason, s.query)?;
+            writeln!(out, "  {} findings on {} hosts: {} ({})", s.findings, s.hosts, term(&s.reason, SHOWN), s.query)?;
         }
     }
 
@@ -260,7 +320,7 @@ pub fn report(out: &mut dyn Write, r: &Report, evidence: Option<&str>, show: usi
         writeln!(out)?;
         writeln!(out, "Warnings:")?;
         for w in &r.warnings {
-            writeln!(out, "  ! {w}")?;
+            writeln!(out, "  ! {}", term(w, SHOWN * 2))?;
         }
     }
 
@@ -279,16 +339,6 @@ pub fn report(out: &mut dyn Write, r: &Report, evidence: Option<&str>, show: usi
         writeln!(out, "Evidence: {e}")?;
     }
     Ok(())
-}
-
-fn shorten(s: &str, max: usize) -> String {
-    if s.chars().count() <= max {
-        s.to_string()
-    } else {
-        let mut t: String = s.chars().take(max).collect();
-        t.push('…');
-        t
-    }
 }
 
 /// Renders a finished collection for people.
@@ -379,12 +429,12 @@ pub fn runs(out: &mut dyn Write, runs: &[RunListing<'_>]) -> io::Result<()> {
             "{:<26} {:<9} {:<20} {:<17} {:<11} {:>9} {:>6}  {}",
             r.id,
             kind,
-            shorten(r.target, 20),
+            term(r.target, 20),
             r.started_at.format("%Y-%m-%d %H:%M"),
             state,
             format!("{}/{}", r.collected, r.hosts),
             r.failed,
-            r.incident_id.unwrap_or("-")
+            term(r.incident_id.unwrap_or("-"), 60)
         )?;
     }
     if runs.iter().any(|r| r.baseline) {

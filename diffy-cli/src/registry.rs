@@ -448,20 +448,34 @@ pub fn payload(name: &str, config: &Config) -> CliResult<Arc<dyn Payload>> {
     }
 }
 
+/// Whether a command may create the store it names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreUse {
+    /// The command writes evidence: a missing store is created.
+    Write,
+    /// The command only reads: a missing store is an error.
+    Read,
+}
+
 /// Opens the store.
-pub fn store(location: &str, aws: &AwsCell) -> CliResult<Arc<dyn Persistence>> {
+pub fn store(location: &str, aws: &AwsCell, usage: StoreUse) -> CliResult<Arc<dyn Persistence>> {
     if location.starts_with("s3://") {
         lookup(PLUGINS, "store", "s3")?;
         #[cfg(feature = "store-s3")]
         {
             let ctx = aws.get()?;
             let s = tokio::task::block_in_place(|| {
-                tokio::runtime::Handle::current().block_on(diffy_store_object::BlobStore::s3(location, &ctx))
+                tokio::runtime::Handle::current().block_on(async {
+                    match usage {
+                        StoreUse::Write => diffy_store_object::BlobStore::s3(location, &ctx).await,
+                        StoreUse::Read => diffy_store_object::BlobStore::s3_existing(location, &ctx).await,
+                    }
+                })
             })?;
             return Ok(Arc::new(s));
         }
     }
-    let _ = aws;
+    let _ = (aws, usage);
     if let Some((scheme, _)) = location.split_once("://") {
         return Err(CliError::new(
             format!("no store for {scheme}:// locations in this build"),
@@ -470,7 +484,10 @@ pub fn store(location: &str, aws: &AwsCell) -> CliResult<Arc<dyn Persistence>> {
     }
     lookup(PLUGINS, "store", "fs")?;
     #[cfg(feature = "store-fs")]
-    return Ok(Arc::new(diffy_core::FsStore::open(location)?));
+    return Ok(Arc::new(match usage {
+        StoreUse::Write => diffy_core::FsStore::open(location)?,
+        StoreUse::Read => diffy_core::FsStore::open_existing(location)?,
+    }));
     #[allow(unreachable_code)]
     Err(not_built("store", "fs"))
 }

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use chrono::Utc;
 use futures::StreamExt;
 use futures::stream::BoxStream;
@@ -13,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::names::{Host, HostId};
 use crate::query::PayloadSpec;
 use crate::result::{HostResult, HostStatus};
-use crate::script::{Execution, Script, assemble};
+use crate::script::{ExecEnd, Execution, Script, assemble_blocking};
 
 /// Limits of one collection.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -205,16 +206,98 @@ impl<E: HostExec> Collection for PerHost<E> {
                             return;
                         }
                         let _ = tx.send(CollectEvent::Started(host.id.clone())).await;
-                        let execution = exec.exec(&host, &script, limits, &cancel).await;
-                        // Hashing large outputs is CPU work: keep it off the I/O threads.
-                        let result = tokio::task::spawn_blocking(move || assemble(host, &spec, &script, execution))
-                            .await
-                            .expect("assembling a host result does not panic");
+                        // A transport that panics on one host fails that host,
+                        // never the hosts after it.
+                        let started = Utc::now();
+                        let run = std::panic::AssertUnwindSafe(exec.exec(&host, &script, limits, &cancel));
+                        let execution = futures::FutureExt::catch_unwind(run).await.unwrap_or_else(|p| Execution {
+                            stdout: Bytes::new(),
+                            stderr: Bytes::new(),
+                            end: ExecEnd::Failed {
+                                status: HostStatus::TransportError,
+                                message: format!(
+                                    "the {} transport failed on this host ({})",
+                                    exec.name(),
+                                    crate::script::panic_message(p.as_ref())
+                                ),
+                            },
+                            started_at: started,
+                            finished_at: Utc::now(),
+                            transport: Default::default(),
+                        });
+                        let result = assemble_blocking(host, spec, script, execution).await;
                         let _ = tx.send(CollectEvent::Finished(Box::new(result))).await;
                     }
                 })
                 .await;
         });
         futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (e, rx)) }).boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::query::{OutputFormat, Query};
+
+    /// Answers every host with an empty exit 0, and panics on `b`.
+    #[derive(Debug)]
+    struct PanicsOnB;
+
+    #[async_trait]
+    impl HostExec for PanicsOnB {
+        fn name(&self) -> &str {
+            "panics-on-b"
+        }
+
+        fn default_concurrency(&self) -> usize {
+            1
+        }
+
+        async fn exec(&self, host: &Host, _: &Script, _: ExecLimits, _: &CancellationToken) -> Execution {
+            assert!(host.id.as_str() != "b", "a transport bug");
+            Execution {
+                stdout: Bytes::new(),
+                stderr: Bytes::new(),
+                end: ExecEnd::Exited(0),
+                started_at: Utc::now(),
+                finished_at: Utc::now(),
+                transport: Default::default(),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_transport_that_panics_on_one_host_fails_that_host_only() {
+        let spec = PayloadSpec {
+            name: "t".into(),
+            setup: None,
+            queries: vec![Query::shell("q", "true", OutputFormat::Lines)],
+            teardown: None,
+        };
+        let script = Script::render_with_nonce(&spec, Duration::from_secs(5), "n").unwrap();
+        let hosts: Vec<Host> = ["a", "b", "c"].map(|h| Host::named(h).unwrap()).to_vec();
+        let request = CollectRequest {
+            hosts,
+            spec: Arc::new(spec),
+            script: Arc::new(script),
+            options: CollectOptions::default().concurrency(1),
+            cancel: CancellationToken::new(),
+        };
+        let results: Vec<HostResult> = PerHost::new(PanicsOnB)
+            .collect(request)
+            .filter_map(|e| async move {
+                match e {
+                    CollectEvent::Finished(r) => Some(*r),
+                    CollectEvent::Started(_) => None,
+                }
+            })
+            .collect()
+            .await;
+        let ids: Vec<&str> = results.iter().map(|r| r.host.id.as_str()).collect();
+        assert_eq!(ids, ["a", "b", "c"], "the host after the panic is still collected");
+        assert_eq!(results[1].status, HostStatus::TransportError);
+        let m = results[1].message.as_deref().unwrap();
+        assert!(m.contains("the panics-on-b transport failed on this host (a panic: a transport bug)"), "{m}");
     }
 }

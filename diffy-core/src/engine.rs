@@ -11,11 +11,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::analysis::{Analysis, AnalysisInput, BaselineInput, HistoryInput, Observations};
 use crate::collection::{CollectEvent, CollectOptions, CollectRequest, Collection};
-use crate::names::{HostId, RunId, TargetKey};
+use crate::names::{Host, HostId, RunId, TargetKey};
 use crate::payload::{Payload, PayloadContext};
 use crate::persistence::{BaselineWrite, Persistence, PersistenceExt};
 use crate::report::{BaselineProvenance, Coverage, Finding, Method, Report, RunSummary};
-use crate::result::{HostStatus, QueryStatus};
+use crate::result::{HostObservation, HostStatus, QueryStatus};
 use crate::run::{BaselineRecord, RunCounts, RunKind, RunLimits, RunManifest, RunState};
 use crate::script::Script;
 use crate::target::Target;
@@ -363,10 +363,25 @@ pub fn stored_observations(
     Observations::new(futures::stream::iter(hosts).then(move |host| {
         let (store, run, payload) = (store.clone(), run.clone(), payload.clone());
         async move {
-            let result = store.get_host_result(&run, &host).await?;
-            Ok(tokio::task::spawn_blocking(move || result.observe(&payload))
-                .await
-                .expect("parsing evidence does not panic"))
+            // One host's unreadable evidence is that host's status; the
+            // others are still analysed.
+            let unreadable = |host: HostId, message: String| HostObservation {
+                host: Host::new(host),
+                status: HostStatus::InvalidEvidence,
+                message: Some(message),
+                facts: Default::default(),
+                queries: Vec::new(),
+            };
+            let result = match store.get_host_result(&run, &host).await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!("cannot read the evidence of {host}: {e}");
+                    return Ok(unreadable(host.clone(), format!("its stored evidence cannot be read: {e}")));
+                }
+            };
+            Ok(tokio::task::spawn_blocking(move || result.observe(&payload)).await.unwrap_or_else(|e| {
+                unreadable(host, format!("diffy failed while parsing its evidence ({})", crate::script::panic_text(e)))
+            }))
         }
     }))
 }

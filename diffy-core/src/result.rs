@@ -87,6 +87,10 @@ pub enum HostStatus {
     TransportError,
     /// The run was interrupted before this host finished.
     Cancelled,
+    /// What the host returned, or what was kept of it, could not be read: a
+    /// malformed or corrupt record, an import file that is not valid JSON,
+    /// output that made a parser fail. Whatever raw bytes there were are kept.
+    InvalidEvidence,
 }
 
 impl HostStatus {
@@ -104,6 +108,7 @@ impl HostStatus {
             HostStatus::NonZeroExit => "non_zero_exit",
             HostStatus::TransportError => "transport_error",
             HostStatus::Cancelled => "cancelled",
+            HostStatus::InvalidEvidence => "invalid_evidence",
         }
     }
 
@@ -381,6 +386,12 @@ pub enum RawPart<'a> {
     UnframedStderr,
 }
 
+/// Whether `name` can name a query's stored output: a valid query name, or
+/// the payload's own `_setup` and `_teardown`.
+fn is_stored_query_name(name: &str) -> bool {
+    name == crate::script::SETUP || name == crate::script::TEARDOWN || crate::names::validate_query_name(name).is_ok()
+}
+
 impl HostRecord {
     /// Rebuilds the full result, asking `read` for each block of raw bytes and
     /// checking its size and SHA-256 against the record. A mismatch is reported
@@ -400,6 +411,11 @@ impl HostRecord {
                 ));
             }
             Ok(())
+        }
+        // Names become file names when the raw bytes are read: a record edited
+        // to name `../x` must not open a file outside the host's evidence.
+        if let Some(bad) = self.queries.iter().find(|q| !is_stored_query_name(&q.name)) {
+            return Ok(Err(format!("the record names a query {:?}, which is not a valid query name", bad.name)));
         }
         let mut queries = Vec::with_capacity(self.queries.len());
         for q in self.queries {

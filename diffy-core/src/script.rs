@@ -140,7 +140,10 @@ fn quote(s: &str) -> Result<String> {
         .map_err(|_| Error::invalid("a command contains a NUL byte, which no shell can pass on"))
 }
 
-const PRELUDE: &str = r#"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$PATH
+// The system directories come first: a planted /usr/local/bin/ss must not
+// shadow the real one. The caller's PATH stays last, for tools installed
+// elsewhere (osqueryi under /opt).
+const PRELUDE: &str = r#"PATH=/usr/sbin:/usr/bin:/sbin:/bin:/usr/local/sbin:/usr/local/bin:$PATH
 export PATH
 LC_ALL=C
 export LC_ALL
@@ -313,7 +316,8 @@ fn parse_frames(out: &Bytes, nonce: &str) -> Frames {
                     continue;
                 };
                 let avail = out.len() - pos;
-                let complete = avail >= out_len + err_len;
+                // The sizes are the host's word: never trust them to add up.
+                let complete = out_len.checked_add(err_len).is_some_and(|n| avail >= n);
                 let o = out_len.min(avail);
                 let e = err_len.min(avail - o);
                 let stdout = out.slice(pos..pos + o);
@@ -367,6 +371,56 @@ fn exit_message(code: i32, stderr: &[u8]) -> String {
     };
     let err = first_line(stderr);
     if err.is_empty() { what } else { format!("{what}: {err}") }
+}
+
+/// [`assemble`] on the blocking pool (hashing large outputs is CPU work),
+/// for transports. Should parsing panic, the host is `invalid_evidence` with
+/// its raw output kept unframed, and the run goes on.
+pub async fn assemble_blocking(
+    host: Host,
+    spec: std::sync::Arc<PayloadSpec>,
+    script: std::sync::Arc<Script>,
+    exec: Execution,
+) -> HostResult {
+    let kept = (host.clone(), exec.clone());
+    match tokio::task::spawn_blocking(move || assemble(host, &spec, &script, exec)).await {
+        Ok(result) => result,
+        Err(e) => unreadable_output(kept.0, kept.1, &panic_text(e)),
+    }
+}
+
+/// The result of a host whose output diffy failed to read (`why`): status
+/// `invalid_evidence`, every raw byte kept unframed.
+fn unreadable_output(host: Host, exec: Execution, why: &str) -> HostResult {
+    tracing::error!("reading the output of {} failed: {why}", host.id);
+    let mut r = HostResult::failed(
+        host,
+        HostStatus::InvalidEvidence,
+        format!("diffy failed while reading this host's output ({why}); its raw output is kept"),
+        exec.started_at,
+    );
+    r.finished_at = exec.finished_at;
+    r.unframed_stdout = exec.stdout;
+    r.unframed_stderr = exec.stderr;
+    r.transport = exec.transport;
+    r
+}
+
+/// What a failed task said (its panic message, if it had one).
+pub fn panic_text(e: tokio::task::JoinError) -> String {
+    match e.try_into_panic() {
+        Ok(payload) => panic_message(payload.as_ref()),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// A panic's message, from its payload.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .map_or_else(|| "a panic".to_string(), |m| format!("a panic: {m}"))
 }
 
 /// Turns one invocation's raw output into a [`HostResult`]: per-query results
@@ -577,6 +631,27 @@ mod tests {
         assert_eq!(r.queries[1].status, QueryStatus::NonZeroExit);
         assert_eq!(r.queries[1].message.as_deref(), Some("exit 127 (command not found): not found"));
         assert_eq!(&r.unframed_stdout[..], b"motd banner\n");
+    }
+
+    #[test]
+    fn sizes_that_overflow_are_a_cut_frame() {
+        let s = Script::render_with_nonce(&spec(), Duration::from_secs(5), "n1").unwrap();
+        let max = usize::MAX;
+        let out = format!("==DIFFY:n1:BEGIN 7 h==\n==DIFFY:n1:START a==\n==DIFFY:n1:Q a 0 {max} {max} 1 1==\nabc");
+        let r = assemble(Host::named("h").unwrap(), &spec(), &s, exec(out.as_bytes(), ExecEnd::Exited(0)));
+        assert_eq!(r.queries[0].status, QueryStatus::Truncated);
+        assert_eq!(&r.queries[0].stdout[..], b"abc");
+    }
+
+    #[tokio::test]
+    async fn a_parser_panic_is_that_hosts_status_with_its_bytes_kept() {
+        let panicked = tokio::task::spawn_blocking(|| panic!("index out of bounds")).await.unwrap_err();
+        let why = panic_text(panicked);
+        assert_eq!(why, "a panic: index out of bounds");
+        let r = unreadable_output(Host::named("h").unwrap(), exec(b"raw\xff", ExecEnd::Exited(0)), &why);
+        assert_eq!(r.status, HostStatus::InvalidEvidence);
+        assert_eq!(&r.unframed_stdout[..], b"raw\xff");
+        assert!(r.message.unwrap().contains("(a panic: index out of bounds); its raw output is kept"));
     }
 
     #[test]

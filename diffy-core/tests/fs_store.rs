@@ -44,3 +44,55 @@ async fn temporary_files_are_invisible_and_foreign_dirs_refused() {
     assert!(err.to_string().contains("is not a Diffy store"), "{err}");
     assert_eq!(err.help().unwrap(), "choose an empty or new directory with --store");
 }
+
+#[tokio::test]
+async fn an_edited_record_opens_nothing_outside_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FsStore::open(dir.path().join("store")).unwrap();
+    // What an edited record would make a trusting store read.
+    std::fs::write(dir.path().join("outside.stdout"), "not evidence").unwrap();
+    diffy_testkit::conformance::edited_records(&store, async |run, host, from, to| {
+        let record = store.host_dir(&run, &host).unwrap().join("result.json");
+        let text = std::fs::read_to_string(&record).unwrap();
+        let edited = text.replace(&format!("\"name\": \"{from}\""), &format!("\"name\": \"{to}\""));
+        assert_ne!(edited, text, "the record names the query");
+        std::fs::write(&record, edited).unwrap();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn evidence_is_readable_by_its_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let store = FsStore::open(&root).unwrap();
+    diffy_testkit::conformance::persistence(&store).await;
+    let mut seen = 0;
+    let mut todo = vec![root];
+    while let Some(p) = todo.pop() {
+        let meta = std::fs::metadata(&p).unwrap();
+        let mode = meta.permissions().mode() & 0o777;
+        if meta.is_dir() {
+            assert_eq!(mode, 0o700, "{}", p.display());
+            todo.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+        } else {
+            assert_eq!(mode, 0o600, "{}", p.display());
+        }
+        seen += 1;
+    }
+    assert!(seen > 10, "the suite wrote runs, hosts and baselines: {seen}");
+}
+
+#[tokio::test]
+async fn a_missing_store_is_not_created_by_a_reader() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = FsStore::open_existing(dir.path().join("typo")).unwrap_err();
+    assert!(matches!(err, Error::NotFound { what: "store", .. }), "{err}");
+    assert!(!dir.path().join("typo").exists());
+    std::fs::write(dir.path().join("notes.txt"), "mine").unwrap();
+    let err = FsStore::open_existing(dir.path()).unwrap_err();
+    assert!(err.help().unwrap().contains("is not a Diffy store"), "{err:?}");
+    FsStore::open(dir.path().join("store")).unwrap();
+    FsStore::open_existing(dir.path().join("store")).unwrap();
+}

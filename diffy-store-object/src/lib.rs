@@ -99,6 +99,28 @@ impl BlobStore {
         kind: &'static str,
         location: impl Into<String>,
     ) -> Result<Self> {
+        Self::open_as(store, prefix, kind, location, true).await
+    }
+
+    /// Opens the store under `prefix` only if there is one (its marker is
+    /// there): for commands that only read, so that a mistyped prefix is an
+    /// error, not a new store.
+    pub async fn open_existing(
+        store: Arc<dyn ObjectStore>,
+        prefix: &str,
+        kind: &'static str,
+        location: impl Into<String>,
+    ) -> Result<Self> {
+        Self::open_as(store, prefix, kind, location, false).await
+    }
+
+    async fn open_as(
+        store: Arc<dyn ObjectStore>,
+        prefix: &str,
+        kind: &'static str,
+        location: impl Into<String>,
+        create: bool,
+    ) -> Result<Self> {
         let mut parts = Vec::new();
         for p in prefix.split('/').filter(|p| !p.is_empty()) {
             validate_component("store prefix segment", p)?;
@@ -108,7 +130,17 @@ impl BlobStore {
         let marker = s.key([MARKER]);
         match s.store.head(&marker).await {
             Ok(_) => return Ok(s),
-            Err(object_store::Error::NotFound { .. }) => {}
+            Err(object_store::Error::NotFound { .. }) if create => {}
+            Err(object_store::Error::NotFound { .. }) => {
+                return Err(Error::NotFound {
+                    what: "store",
+                    name: s.location.clone(),
+                    help: Some(format!(
+                        "{} holds no Diffy store: check --store (or [defaults] store); a store is created by collect, baseline or analyze",
+                        s.location
+                    )),
+                });
+            }
             Err(e) => return Err(store_error(kind, "read", &marker, e)),
         }
         let any = s.store.list(Some(&s.prefix)).next().await;
@@ -131,6 +163,15 @@ impl BlobStore {
     /// (`AWS_ENDPOINT_URL`), point it at another endpoint (path-style
     /// requests, plain HTTP allowed there).
     pub async fn s3(url: &str, aws: &diffy_aws::AwsContext) -> Result<Self> {
+        Self::s3_as(url, aws, true).await
+    }
+
+    /// [`BlobStore::s3`], for commands that only read: the store must exist.
+    pub async fn s3_existing(url: &str, aws: &diffy_aws::AwsContext) -> Result<Self> {
+        Self::s3_as(url, aws, false).await
+    }
+
+    async fn s3_as(url: &str, aws: &diffy_aws::AwsContext, create: bool) -> Result<Self> {
         if !url.starts_with("s3://") {
             return Err(Error::invalid(format!("{url:?} is not an s3:// location")));
         }
@@ -141,7 +182,7 @@ impl BlobStore {
             ));
         };
         let store = diffy_aws::s3::store(&bucket, aws)?;
-        Self::open(Arc::new(store), &prefix, "s3", url.trim_end_matches('/')).await
+        Self::open_as(Arc::new(store), &prefix, "s3", url.trim_end_matches('/'), create).await
     }
 
     fn key<'a>(&self, parts: impl IntoIterator<Item = &'a str>) -> Path {
@@ -445,6 +486,20 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_edited_record_is_corrupt() {
+        let mem: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let s = BlobStore::open(mem.clone(), "ev", "memory", "memory://ev").await.unwrap();
+        diffy_testkit::conformance::edited_records(&s, async |run, host, from, to| {
+            let key = s.result_key(&run, &host).unwrap();
+            let text = String::from_utf8(mem.get(&key).await.unwrap().bytes().await.unwrap().to_vec()).unwrap();
+            let edited = text.replace(&format!("\"name\": \"{from}\""), &format!("\"name\": \"{to}\""));
+            assert_ne!(edited, text, "the record names the query");
+            mem.put(&key, PutPayload::from(edited.into_bytes())).await.unwrap();
+        })
+        .await;
+    }
+
+    #[tokio::test]
     async fn conformance_on_local_disk() {
         let dir = tempfile::tempdir().unwrap();
         let fs = LocalFileSystem::new_with_prefix(dir.path()).unwrap();
@@ -458,7 +513,10 @@ mod tests {
         mem.put(&Path::from("logs/app.log"), PutPayload::from_static(b"x")).await.unwrap();
         let e = BlobStore::open(mem.clone(), "logs", "memory", "memory://logs").await.unwrap_err();
         assert!(e.to_string().contains("not a Diffy store"), "{e}");
+        let e = BlobStore::open_existing(mem.clone(), "ev", "memory", "memory://ev").await.unwrap_err();
+        assert!(matches!(e, Error::NotFound { what: "store", .. }), "{e}");
         BlobStore::open(mem.clone(), "ev", "memory", "memory://ev").await.unwrap();
+        BlobStore::open_existing(mem.clone(), "ev", "memory", "memory://ev").await.expect("an existing store opens");
         BlobStore::open(mem.clone(), "ev", "memory", "memory://ev").await.expect("a store reopens");
         let e = BlobStore::open(mem, "ev/../logs", "memory", "x").await.unwrap_err();
         assert!(e.to_string().contains(".."), "{e}");

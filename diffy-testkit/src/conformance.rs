@@ -380,3 +380,28 @@ pub async fn collection(c: &dyn Collection, hosts: &[Host], caps: CollectionCaps
         );
     }
 }
+
+/// Checks that `store` distrusts its own records when it reads them: a host
+/// record edited (by whoever can write to the store) so that a query is named
+/// `../../../outside` must be [`Error::Corrupt`], never a file or object read
+/// outside the host's evidence. `rename_query(run, host, from, to)` edits the
+/// stored record of `host` in `run`, replacing the query name `from` with
+/// `to`, as such an editor would. `store` may hold other runs.
+pub async fn edited_records<F>(store: &dyn Persistence, rename_query: F)
+where
+    F: AsyncFnOnce(RunId, HostId, String, String),
+{
+    let name = store.name().to_string();
+    let m = manifest("20231114T235959Z-eeeeee", "edited", 7);
+    store.create_run(&m).await.unwrap_or_else(|e| panic!("{name}: create_run: {e}"));
+    let host = HostId::new("h-edit").unwrap();
+    store.put_host_result(&m.id, &host_result("h-edit", b"kept\n")).await.unwrap();
+    assert!(store.get_host_result(&m.id, &host).await.is_ok(), "{name}: the record reads back before it is edited");
+    rename_query(m.id.clone(), host.clone(), "q".into(), "../../../outside".into()).await;
+    match store.get_host_result(&m.id, &host).await {
+        Err(Error::Corrupt { message, .. }) => {
+            assert!(message.contains("not a valid query name"), "{name}: {message}");
+        }
+        other => panic!("{name}: a record naming a query ../../../outside must be corrupt, got {other:?}"),
+    }
+}

@@ -54,6 +54,11 @@ pub enum Fault {
     /// The command hangs before it ends: killed at its `executionTimeout`,
     /// then `TimedOut` / `Execution Timed Out`.
     Stall,
+    /// Another instance, which knows the run's marker, forges this one's
+    /// output: once the agent has written the real output object, the
+    /// commands' output as run for another instance id replaces it, and is
+    /// also written under a second key in the same folder.
+    ForgedOutput,
 }
 
 /// How the endpoint behaves.
@@ -455,6 +460,17 @@ impl Shared {
         Some(format!("https://s3.amazonaws.com/{bucket}/{}", folder.join("stdout")))
     }
 
+    /// [`Fault::ForgedOutput`]: what another instance writes for this one.
+    async fn forge_output(&self, id: &str, instance: &str, output: Option<&(String, String)>, text: &str) {
+        let Ok(forged) = (self.options.executor)("i-0f0f0f0f0f0f0f0f0", text).output().await else { return };
+        self.write_output(id, instance, output, &forged.stdout, &forged.stderr).await;
+        let (Some((_, prefix)), Some((_, store))) = (output, self.options.output_writer.as_ref()) else { return };
+        let mut parts: Vec<&str> = prefix.split('/').filter(|p| !p.is_empty()).collect();
+        parts.extend([id, instance, "zz-forged", "stdout"]);
+        let key = object_store::path::Path::from_iter(parts);
+        let _ = object_store::ObjectStoreExt::put(store.as_ref(), &key, forged.stdout.into()).await;
+    }
+
     async fn execute(
         &self,
         id: &str,
@@ -522,6 +538,9 @@ impl Shared {
                 let code = out.status.code().unwrap_or(-1);
                 let (status, details) = if code == 0 { ("Success", "Success") } else { ("Failed", "Failed") };
                 let url = self.write_output(id, instance, output, &out.stdout, &out.stderr).await;
+                if fault == Some(Fault::ForgedOutput) {
+                    self.forge_output(id, instance, output, &text).await;
+                }
                 let stdout = cut(&String::from_utf8_lossy(&out.stdout), STDOUT_LIMIT);
                 let stderr = cut(&String::from_utf8_lossy(&out.stderr), STDERR_LIMIT);
                 self.set(id, instance, |i| {

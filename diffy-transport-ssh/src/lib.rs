@@ -232,16 +232,130 @@ fn whole_seconds(d: Duration) -> u64 {
     (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
 }
 
+/// The options diffy sets on every connection it makes, the destination's
+/// and every jump host's, whatever the user's ssh_config says: no kind of
+/// forwarding (agent, X11, GSSAPI credentials, ports, tunnels), no local
+/// command, no host key updates, no terminal, no multiplexing, strict host
+/// keys and batch mode. OpenSSH takes the first value it obtains for each
+/// option, so these come before the user's configuration.
+fn enforced_options(options: &SshOptions) -> Result<Vec<(&'static str, String)>> {
+    let mut o: Vec<(&'static str, String)> = vec![
+        ("BatchMode", "yes".into()),
+        // One connection of our own: never a master, never someone else's.
+        ("ControlMaster", "no".into()),
+        ("ControlPath", "none".into()),
+        (
+            "StrictHostKeyChecking",
+            match options.host_keys {
+                HostKeyPolicy::Strict => "yes",
+                HostKeyPolicy::AcceptNew => "accept-new",
+            }
+            .into(),
+        ),
+        // Nothing of the responder's reaches a host that may be the attacker's.
+        ("ForwardAgent", "no".into()),
+        ("ForwardX11", "no".into()),
+        ("ForwardX11Trusted", "no".into()),
+        ("GSSAPIDelegateCredentials", "no".into()),
+        ("ClearAllForwardings", "yes".into()),
+        ("Tunnel", "no".into()),
+        ("PermitLocalCommand", "no".into()),
+        ("UpdateHostKeys", "no".into()),
+        ("RequestTTY", "no".into()),
+        ("RemoteCommand", "none".into()),
+        ("EscapeChar", "none".into()),
+        ("ConnectTimeout", whole_seconds(options.connect_timeout).to_string()),
+        ("ServerAliveInterval", whole_seconds(options.keepalive).to_string()),
+        ("ServerAliveCountMax", "3".into()),
+    ];
+    if let Some(k) = &options.known_hosts_file {
+        o.push(("UserKnownHostsFile", literal_path("known_hosts file", k)?));
+    }
+    Ok(o)
+}
+
+/// A per-run ssh_config (mode 0600, removed with the transport) that sets
+/// [`enforced_options`] for every host, then includes the configuration ssh
+/// would otherwise read. Passed with `-F`, which ssh hands on to the `ssh` it
+/// runs for each `ProxyJump` hop (`-o` options are not handed on).
+fn run_config(options: &SshOptions, enforced: &[(&'static str, String)]) -> Result<tempfile::NamedTempFile> {
+    use std::io::Write as _;
+    let mut text = String::from(
+        "# Written by diffy for one run: the options it enforces on every connection,\n\
+         # jump hosts included. The configuration ssh would otherwise read follows.\n\
+         Host *\n",
+    );
+    for (k, v) in enforced {
+        text.push_str(&format!("  {k} {v}\n"));
+    }
+    // Whatever follows applies to every host again.
+    text.push_str("Match all\n");
+    let includes: Vec<PathBuf> = match &options.config_file {
+        // `ssh -F FILE` reads FILE only.
+        Some(f) => vec![std::path::absolute(f).map_err(|e| Error::io(PLUGIN, "resolve", f, e))?],
+        // Otherwise ssh reads the user's file, then the system's.
+        None => std::env::var_os("HOME")
+            .map(|h| Path::new(&h).join(".ssh/config"))
+            .into_iter()
+            .chain([PathBuf::from("/etc/ssh/ssh_config")])
+            .filter(|p| p.is_file())
+            .collect(),
+    };
+    for f in &includes {
+        let s =
+            f.to_str().ok_or_else(|| Error::invalid(format!("the ssh_config path {} is not UTF-8", f.display())))?;
+        if s.contains(['"', '\n', '\r']) {
+            return Err(Error::invalid(format!("the ssh_config path {s:?} contains a quote or a line break")));
+        }
+        text.push_str(&format!("Include \"{s}\"\n"));
+    }
+    let dir = std::env::temp_dir();
+    let mut file = tempfile::Builder::new()
+        .prefix("diffy-ssh-")
+        .suffix(".conf")
+        .tempfile_in(&dir)
+        .map_err(|e| Error::io(PLUGIN, "create", &dir, e))?;
+    file.write_all(text.as_bytes())
+        .and_then(|()| file.flush())
+        .map_err(|e| Error::io(PLUGIN, "write", file.path(), e))?;
+    Ok(file)
+}
+
+/// Why `destination` cannot be given to ssh, if it cannot: only host-name
+/// characters (letters, digits, `.`, `-`, `_`, `:` for IPv6, one `user@`)
+/// reach ssh, which may hand the name to a `ProxyCommand` shell as `%h`.
+pub fn check_destination(destination: &str) -> std::result::Result<(), String> {
+    let host = match destination.split_once('@') {
+        Some((user, host)) => {
+            if user.is_empty() || !user.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+                return Err(format!("the user in {destination:?} is not a plain user name"));
+            }
+            host
+        }
+        None => destination,
+    };
+    if host.is_empty() || host.starts_with(['-', '.']) {
+        return Err(format!("{destination:?} is not a host name"));
+    }
+    if let Some(c) = host.chars().find(|c| !(c.is_ascii_alphanumeric() || "._-:".contains(*c))) {
+        return Err(format!("{destination:?} contains {c:?}, which is not a host-name character"));
+    }
+    Ok(())
+}
+
 /// The SSH transport. Wrap it in [`diffy_core::PerHost`] to get a [`diffy_core::Collection`].
 #[derive(Debug)]
 pub struct SshTransport {
     options: SshOptions,
     /// Everything before the destination.
     args: Vec<OsString>,
+    /// The per-run ssh_config the arguments name (removed on drop).
+    config: tempfile::NamedTempFile,
 }
 
 impl SshTransport {
-    /// A transport with `options`; checks the files it names.
+    /// A transport with `options`; checks the files it names and writes the
+    /// run's ssh_config (see [`SshTransport::config_text`]).
     pub fn new(options: SshOptions) -> Result<Self> {
         if let Some(f) = &options.config_file {
             check_file("ssh_config file", f)?;
@@ -249,38 +363,25 @@ impl SshTransport {
         if let Some(f) = &options.identity_file {
             check_file("identity file", f)?;
         }
-        let mut args: Vec<OsString> = Vec::new();
-        let mut opt = |o: String| {
+        let enforced = enforced_options(&options)?;
+        let config = run_config(&options, &enforced)?;
+        // No agent, X11 or GSSAPI forwarding; no terminal, so no escape
+        // character is read and the output is data.
+        let mut args: Vec<OsString> = ["-a", "-x", "-k", "-T"].map(OsString::from).to_vec();
+        // The destination gets them on the command line too (they win there
+        // whatever the file says); jump hosts get them from the file.
+        for (k, v) in &enforced {
             args.push("-o".into());
-            args.push(o.into());
-        };
-        opt("BatchMode=yes".into());
-        // One connection of our own: never a master, never someone else's.
-        opt("ControlMaster=no".into());
-        opt("ControlPath=none".into());
-        opt(format!(
-            "StrictHostKeyChecking={}",
-            match options.host_keys {
-                HostKeyPolicy::Strict => "yes",
-                HostKeyPolicy::AcceptNew => "accept-new",
-            }
-        ));
-        opt(format!("ConnectTimeout={}", whole_seconds(options.connect_timeout)));
-        opt(format!("ServerAliveInterval={}", whole_seconds(options.keepalive)));
-        opt("ServerAliveCountMax=3".into());
-        if let Some(k) = &options.known_hosts_file {
-            opt(format!("UserKnownHostsFile={}", literal_path("known_hosts file", k)?));
+            args.push(format!("{k}={v}").into());
         }
         if let Some(k) = &options.identity_file {
-            opt("IdentitiesOnly=yes".into());
-            opt(format!("IdentityFile={}", literal_path("identity file", k)?));
+            args.push("-o".into());
+            args.push("IdentitiesOnly=yes".into());
+            args.push("-o".into());
+            args.push(format!("IdentityFile={}", literal_path("identity file", k)?).into());
         }
-        // No terminal: the output is data, and no escape character is read.
-        args.push("-T".into());
-        if let Some(f) = &options.config_file {
-            args.push("-F".into());
-            args.push(f.into());
-        }
+        args.push("-F".into());
+        args.push(config.path().into());
         if let Some(u) = &options.user {
             args.push("-l".into());
             args.push(u.into());
@@ -290,15 +391,24 @@ impl SshTransport {
             args.push(p.to_string().into());
         }
         if !options.jump_hosts.is_empty() {
+            for j in &options.jump_hosts {
+                check_destination(j).map_err(|why| Error::invalid(format!("jump host: {why}")))?;
+            }
             args.push("-J".into());
             args.push(options.jump_hosts.join(",").into());
         }
-        Ok(Self { options, args })
+        Ok(Self { options, args, config })
     }
 
     /// The options.
     pub fn options(&self) -> &SshOptions {
         &self.options
+    }
+
+    /// The text of the run's ssh_config: the enforced `Host *` block, then an
+    /// `Include` of the configuration ssh would read otherwise.
+    pub fn config_text(&self) -> String {
+        std::fs::read_to_string(self.config.path()).unwrap_or_default()
     }
 
     /// The `ssh` command line for `destination`.
@@ -308,10 +418,11 @@ impl SshTransport {
         v.extend(self.args.iter().cloned());
         v.push("--".into());
         v.push(destination.into());
+        // The system's shell, not the first `sh` on the remote user's PATH.
         if self.options.sudo {
-            v.extend(["sudo", "-n", "sh", "-s"].map(OsString::from));
+            v.extend(["sudo", "-n", "/bin/sh", "-s"].map(OsString::from));
         } else {
-            v.extend(["sh", "-s"].map(OsString::from));
+            v.extend(["/bin/sh", "-s"].map(OsString::from));
         }
         v
     }
@@ -489,6 +600,14 @@ impl HostExec for SshTransport {
         let line = self.command_line(&destination);
         let mut transport =
             BTreeMap::from([("destination".to_string(), destination.clone()), ("command".to_string(), shown(&line))]);
+        if let Err(why) = check_destination(&destination) {
+            return failed(
+                HostStatus::TransportError,
+                format!("not given to ssh: {why}; use the host's name or address"),
+                started_at,
+                transport,
+            );
+        }
         if cancel.is_cancelled() {
             return failed(
                 HostStatus::Cancelled,
@@ -640,38 +759,87 @@ impl HostExec for SshTransport {
     }
 }
 
-/// The hosts named by the `Host` entries of an ssh_config file (patterns with
-/// `*`, `?` or `!` are skipped); the key only names the run.
+/// The hosts named by the `Host` entries of an ssh_config file and the files
+/// it includes (patterns with `*`, `?` or `!` are skipped); the key only
+/// names the run.
+///
+/// Lines are read as OpenSSH reads them: `Keyword value` or
+/// `Keyword=value`, keywords in any case, values in double quotes, a word
+/// starting with `#` ends the line. `Include` is followed (glob patterns,
+/// `~/`, relative paths from `~/.ssh` as for a user's configuration, 16
+/// levels at most). `Match` blocks name no host of their own and are skipped.
 #[derive(Clone, Debug)]
 pub struct SshConfigTarget {
     hosts: Vec<Host>,
 }
 
+/// How deep `Include` may nest (OpenSSH's own limit).
+const INCLUDE_DEPTH: usize = 16;
+
+/// One ssh_config line as OpenSSH splits it: the keyword, lowercased, and
+/// its arguments; `None` for blank and comment lines.
+fn config_words(line: &str) -> std::result::Result<Option<(String, Vec<String>)>, String> {
+    let line = line.trim_start();
+    if line.is_empty() || line.starts_with('#') {
+        return Ok(None);
+    }
+    let end = line.find(|c: char| c.is_whitespace() || c == '=').unwrap_or(line.len());
+    let keyword = line[..end].to_ascii_lowercase();
+    let mut rest = line[end..].trim_start();
+    if let Some(r) = rest.strip_prefix('=') {
+        rest = r.trim_start();
+    }
+    let mut args = Vec::new();
+    let mut chars = rest.chars().peekable();
+    loop {
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        let Some(&c) = chars.peek() else { break };
+        if c == '#' {
+            break;
+        }
+        let mut word = String::new();
+        if c == '"' {
+            chars.next();
+            loop {
+                match chars.next() {
+                    Some('"') => break,
+                    Some(c) => word.push(c),
+                    None => return Err("an unterminated quote".into()),
+                }
+            }
+        } else {
+            while let Some(c) = chars.next_if(|c| !c.is_whitespace()) {
+                word.push(c);
+            }
+        }
+        args.push(word);
+    }
+    Ok(Some((keyword, args)))
+}
+
+/// What one ssh_config file says that the target needs, in order.
+enum ConfigEntry {
+    Host(HostId),
+    Include(String),
+}
+
 impl SshConfigTarget {
-    /// Reads the `Host` entries of `path`.
+    /// Reads the `Host` entries of `path` and of the files it includes.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(PLUGIN, "read", path, e))?;
-        Self::parse(&text, &path.display().to_string())
+        let mut hosts = Vec::new();
+        read_config(path, 0, &mut hosts)?;
+        Ok(Self { hosts })
     }
 
-    /// Reads `Host` entries from ssh_config text.
+    /// Reads `Host` entries from ssh_config text (an `Include` in it is an
+    /// error here: there is no file to resolve it from).
     pub fn parse(text: &str, source: &str) -> Result<Self> {
         let mut hosts = Vec::new();
-        for line in text.lines() {
-            let line = line.trim();
-            let mut words = line.split_whitespace();
-            let Some(kw) = words.next() else { continue };
-            if !kw.eq_ignore_ascii_case("host") {
-                continue;
-            }
-            for pattern in words {
-                if pattern.contains(['*', '?', '!']) {
-                    continue;
-                }
-                let id = HostId::new(pattern)
-                    .map_err(|e| Error::invalid(format!("{source}: Host {pattern:?} cannot be a host id: {e}")))?;
-                if !hosts.iter().any(|h: &Host| h.id == id) {
-                    hosts.push(Host::new(id));
+        for entry in config_entries(text, source)? {
+            match entry {
+                ConfigEntry::Host(id) => add_host(&mut hosts, id),
+                ConfigEntry::Include(p) => {
+                    return Err(Error::invalid(format!("{source}: Include {p:?} needs a file to be read from")));
                 }
             }
         }
@@ -682,6 +850,82 @@ impl SshConfigTarget {
     pub fn hosts(&self) -> &[Host] {
         &self.hosts
     }
+}
+
+fn add_host(hosts: &mut Vec<Host>, id: HostId) {
+    if !hosts.iter().any(|h| h.id == id) {
+        hosts.push(Host::new(id));
+    }
+}
+
+fn read_config(path: &Path, depth: usize, hosts: &mut Vec<Host>) -> Result<()> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(PLUGIN, "read", path, e))?;
+    let source = path.display().to_string();
+    for entry in config_entries(&text, &source)? {
+        match entry {
+            ConfigEntry::Host(id) => add_host(hosts, id),
+            ConfigEntry::Include(_) if depth + 1 >= INCLUDE_DEPTH => {
+                return Err(Error::invalid(format!(
+                    "{source}: Include nests deeper than {INCLUDE_DEPTH} levels (a loop?)"
+                )));
+            }
+            ConfigEntry::Include(pattern) => {
+                for file in include_files(&pattern)? {
+                    read_config(&file, depth + 1, hosts)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The `Host` names and `Include` patterns of ssh_config text.
+fn config_entries(text: &str, source: &str) -> Result<Vec<ConfigEntry>> {
+    let mut entries = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let at = || format!("{source}:{}", n + 1);
+        let Some((keyword, args)) = config_words(line).map_err(|why| Error::invalid(format!("{}: {why}", at())))?
+        else {
+            continue;
+        };
+        match keyword.as_str() {
+            "host" => {
+                for pattern in args {
+                    if pattern.contains(['*', '?', '!']) {
+                        continue;
+                    }
+                    check_destination(&pattern)
+                        .map_err(|why| Error::invalid(format!("{}: Host {pattern:?} cannot be a host: {why}", at())))?;
+                    let id = HostId::new(pattern.as_str())
+                        .map_err(|e| Error::invalid(format!("{}: Host {pattern:?} cannot be a host id: {e}", at())))?;
+                    entries.push(ConfigEntry::Host(id));
+                }
+            }
+            "include" => entries.extend(args.into_iter().map(ConfigEntry::Include)),
+            _ => {}
+        }
+    }
+    Ok(entries)
+}
+
+/// The files an `Include` pattern names, in order: `~/` is the home
+/// directory, a relative pattern is under `~/.ssh` (as ssh reads a user's
+/// configuration), globs expand; a pattern that matches nothing is skipped,
+/// as ssh does.
+fn include_files(pattern: &str) -> Result<Vec<PathBuf>> {
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/"));
+    let full = if let Some(rest) = pattern.strip_prefix("~/") {
+        home.join(rest)
+    } else if Path::new(pattern).is_absolute() {
+        PathBuf::from(pattern)
+    } else {
+        home.join(".ssh").join(pattern)
+    };
+    let text = full.to_str().ok_or_else(|| Error::invalid(format!("Include {pattern:?} is not UTF-8")))?;
+    let paths = glob::glob(text).map_err(|e| Error::invalid(format!("Include {pattern:?}: {e}")))?;
+    let mut files: Vec<PathBuf> = paths.filter_map(std::result::Result::ok).filter(|p| p.is_file()).collect();
+    files.sort();
+    Ok(files)
 }
 
 #[async_trait]
@@ -764,6 +1008,34 @@ mod tests {
     }
 
     #[test]
+    fn ssh_config_is_read_as_openssh_reads_it() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("conf.d")).unwrap();
+        std::fs::write(dir.path().join("conf.d/a.conf"), "Host=inc-1\n").unwrap();
+        std::fs::write(dir.path().join("conf.d/b.conf"), "  HOST \"inc-2\" # second\n").unwrap();
+        let main = dir.path().join("config");
+        std::fs::write(
+            &main,
+            format!(
+                "# fleet\nHost web-1 # primary\nHost = web-2\nHost\tweb-3 web-4\nMatch host web-9 exec \"true\"\n  User x\nInclude {}/conf.d/*.conf\nInclude {}/none-*.conf\n",
+                dir.path().display(),
+                dir.path().display()
+            ),
+        )
+        .unwrap();
+        let t = SshConfigTarget::from_file(&main).unwrap();
+        let ids: Vec<&str> = t.hosts().iter().map(|h| h.id.as_str()).collect();
+        assert_eq!(ids, ["web-1", "web-2", "web-3", "web-4", "inc-1", "inc-2"]);
+        // A comment word, a bad host name and a loop are refused or ignored, never hosts.
+        let err = SshConfigTarget::parse("Host web-1 $(id)\n", "cfg").unwrap_err();
+        assert!(err.to_string().contains("cannot be a host"), "{err}");
+        let looped = dir.path().join("loop");
+        std::fs::write(&looped, format!("Include {}\n", looped.display())).unwrap();
+        let err = SshConfigTarget::from_file(&looped).unwrap_err();
+        assert!(err.to_string().contains("deeper than 16"), "{err}");
+    }
+
+    #[test]
     fn command_line_is_quoted_and_strict() {
         let t = SshTransport::new(
             SshOptions::default().user("ec2-user").port(2222).jump_host("bastion").jump_host("inner").sudo(true),
@@ -772,11 +1044,25 @@ mod tests {
         let line = shown(&t.command_line("web-1"));
         assert!(
             line.starts_with(
-                "ssh -o BatchMode=yes -o ControlMaster=no -o ControlPath=none -o StrictHostKeyChecking=yes"
+                "ssh -a -x -k -T -o BatchMode=yes -o ControlMaster=no -o ControlPath=none -o StrictHostKeyChecking=yes"
             ),
             "{line}"
         );
-        assert!(line.ends_with("-T -l ec2-user -p 2222 -J bastion,inner -- web-1 sudo -n sh -s"), "{line}");
+        for forbid in [
+            "ForwardAgent=no",
+            "ForwardX11=no",
+            "GSSAPIDelegateCredentials=no",
+            "ClearAllForwardings=yes",
+            "PermitLocalCommand=no",
+            "UpdateHostKeys=no",
+        ] {
+            assert!(line.contains(&format!("-o {forbid} ")), "{forbid}: {line}");
+        }
+        let config = t.config.path().display().to_string();
+        assert!(
+            line.ends_with(&format!("-F {config} -l ec2-user -p 2222 -J bastion,inner -- web-1 sudo -n /bin/sh -s")),
+            "{line}"
+        );
         let t = SshTransport::new(
             SshOptions::default().host_keys(HostKeyPolicy::AcceptNew).known_hosts_file("/srv/ir 7/known_%h"),
         )
@@ -784,8 +1070,43 @@ mod tests {
         let line = shown(&t.command_line("db-1"));
         assert!(line.contains("StrictHostKeyChecking=accept-new"), "{line}");
         assert!(line.contains(r#"'UserKnownHostsFile="/srv/ir 7/known_%%h"'"#), "{line}");
-        assert!(line.ends_with("-T -- db-1 sh -s"), "{line}");
+        assert!(line.ends_with("-- db-1 /bin/sh -s"), "{line}");
         let err = SshTransport::new(SshOptions::default().identity_file("/nonexistent/id")).unwrap_err();
         assert!(err.to_string().contains("identity file /nonexistent/id does not exist"), "{err}");
+        let err = SshTransport::new(SshOptions::default().jump_host("-oProxyCommand=x")).unwrap_err();
+        assert!(err.to_string().contains("jump host"), "{err}");
+    }
+
+    #[test]
+    fn the_run_config_enforces_first_then_includes_the_users() {
+        let dir = tempfile::tempdir().unwrap();
+        let user = dir.path().join("my config");
+        std::fs::write(&user, "Host *\n  ForwardAgent yes\n").unwrap();
+        let t = SshTransport::new(SshOptions::default().config_file(&user).known_hosts_file("/srv/kh")).unwrap();
+        let text = t.config_text();
+        let enforced = text.find("Host *\n").unwrap();
+        let include = text.find(&format!("Include \"{}\"", user.display())).unwrap();
+        assert!(enforced < include, "{text}");
+        for line in ["  ForwardAgent no\n", "  BatchMode yes\n", "  UserKnownHostsFile /srv/kh\n", "Match all\n"] {
+            assert!(text[..include].contains(line), "{line:?} in {text}");
+        }
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(t.config.path()).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let path = t.config.path().to_path_buf();
+        drop(t);
+        assert!(!path.exists(), "the run's config is removed with the transport");
+    }
+
+    #[test]
+    fn only_host_names_become_destinations() {
+        for good in ["web-1", "ec2-user@10.0.0.1", "db_2.internal", "fe80::1", "h"] {
+            assert!(check_destination(good).is_ok(), "{good}");
+        }
+        for bad in
+            ["a b", "x$(id)", "x`id`", "-oProxyCommand=x", "@web", "a@b@c", "web;id", ".x", "h%h", "w\n", "", "u$@h"]
+        {
+            assert!(check_destination(bad).is_err(), "{bad:?}");
+        }
     }
 }

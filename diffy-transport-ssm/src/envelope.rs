@@ -40,10 +40,12 @@ pub fn wrap(script_text: &str, nonce: &str, label: &str) -> Vec<String> {
         label.chars().map(|c| if c.is_ascii_alphanumeric() || " .,:_-".contains(c) { c } else { '_' }).collect();
     vec![
         format!("# diffy {label} (read-only queries; output returned gzip+base64)"),
+        // The system's own tools first, not what an earlier PATH entry plants.
+        "PATH=/usr/sbin:/usr/bin:/sbin:/bin:$PATH; export PATH".into(),
         "for _c in base64 gzip mktemp; do command -v $_c >/dev/null 2>&1 || { echo \"DIFFY-SSM FATAL $_c is missing\"; exit 1; }; done".into(),
         "_t=$(mktemp -d) || { echo 'DIFFY-SSM FATAL mktemp failed'; exit 1; }".into(),
         format!("printf '%s' '{packed}' | base64 -d | gzip -dc > \"$_t/s\" || {{ echo 'DIFFY-SSM FATAL could not unpack the payload'; rm -rf \"$_t\"; exit 1; }}"),
-        "sh \"$_t/s\" > \"$_t/o\" 2> \"$_t/e\" </dev/null; _rc=$?".into(),
+        "/bin/sh \"$_t/s\" > \"$_t/o\" 2> \"$_t/e\" </dev/null; _rc=$?".into(),
         format!("printf 'DIFFY-SSM 1 {nonce} %s %s %s\\n' \"$_rc\" \"$(wc -c < \"$_t/o\" | tr -d ' ')\" \"$(wc -c < \"$_t/e\" | tr -d ' ')\""),
         "gzip -c \"$_t/o\" | base64 | tr -d '\\n'; echo".into(),
         "gzip -c \"$_t/e\" | base64 | tr -d '\\n'; echo".into(),

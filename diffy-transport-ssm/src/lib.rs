@@ -46,7 +46,7 @@ use aws_sdk_ssm::types::CommandInvocationStatus;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use diffy_aws::{AwsContext, Scope};
-use diffy_core::script::{ExecEnd, Execution, assemble};
+use diffy_core::script::{ExecEnd, Execution, assemble_blocking};
 use diffy_core::{CollectEvent, CollectRequest, Collection, Host, HostResult, HostStatus, PayloadSpec};
 use futures::StreamExt;
 use futures::stream::BoxStream;
@@ -752,7 +752,9 @@ impl Fetch {
                 let cut = inline_chars >= INLINE_STDOUT_LIMIT || text.contains("--output truncated--");
                 let mut source = Source::Inline;
                 if let (Decoded::Damaged(_), true, Some(bucket)) = (&decoded, cut, &self.output_bucket) {
-                    source = match self.full_output(bucket, &instance).await {
+                    let inline = text.clone();
+                    let url = out.standard_output_url().filter(|u| !u.is_empty());
+                    source = match self.full_output(bucket, &instance, url, &inline).await {
                         Ok(full) => {
                             transport.insert("ssm.output_source".into(), full.url.clone());
                             transport.insert("ssm.output_s3_bytes".into(), full.size.to_string());
@@ -826,54 +828,105 @@ impl Fetch {
                 let execution =
                     Execution { stdout, stderr, end, started_at: f.sent_at, finished_at: Utc::now(), transport };
                 let (spec, script, host) = (self.spec.clone(), self.script.clone(), f.host);
-                tokio::task::spawn_blocking(move || assemble(host, &spec, &script, execution))
-                    .await
-                    .expect("assembling a host result does not panic")
+                assemble_blocking(host, spec, script, execution).await
             }
         };
         let _ = self.tx.send(CollectEvent::Finished(Box::new(result))).await;
     }
 
     /// Reads an invocation's whole standard output from the output bucket.
-    /// The agent writes it before it reports a final status, but listing
-    /// may lag: missing objects are looked for again for a few seconds.
-    async fn full_output(&self, bucket: &OutputBucket, instance: &str) -> Result<FullOutput, String> {
+    ///
+    /// Every instance may write to the bucket, and every instance knows the
+    /// run's marker, so an object is only believed when it is the one this
+    /// instance's agent wrote: its exact key (the `StandardOutputUrl` SSM
+    /// returned, else where the agent writes for `AWS-RunShellScript`) and
+    /// content that begins with the inline output, which comes from the SSM
+    /// API itself. The agent writes the object before it reports a final
+    /// status, but it may not be visible at once: it is looked for again for
+    /// a few seconds.
+    async fn full_output(
+        &self,
+        bucket: &OutputBucket,
+        instance: &str,
+        stdout_url: Option<&str>,
+        inline: &str,
+    ) -> Result<FullOutput, String> {
         let folder = bucket.folder(&self.command_id, instance);
-        let shown = format!("s3://{}/{folder}/", bucket.bucket);
-        let started = Instant::now();
-        let meta = loop {
-            let mut listing = bucket.reader.list(Some(&folder));
-            let mut stdout = None;
-            while let Some(m) = listing.next().await {
-                let m = m.map_err(|e| format!("listing {shown} failed: {e}"))?;
-                if m.location.filename() == Some("stdout") {
-                    stdout = Some(m);
-                }
-            }
-            match stdout {
-                Some(m) => break m,
-                None if started.elapsed() < self.grace.min(OUTPUT_LAG) => tokio::time::sleep(self.poll).await,
-                None => {
+        let key = match stdout_url.and_then(|u| output_key(u, &bucket.bucket)) {
+            Some(key) => {
+                let key = ObjectPath::parse(&key).map_err(|e| format!("SSM's StandardOutputUrl {key:?}: {e}"))?;
+                if !key.prefix_matches(&folder) {
                     return Err(format!(
-                        "no stdout object under {shown} (does the instance profile allow s3:PutObject on the bucket?)"
+                        "SSM's StandardOutputUrl names s3://{}/{key}, outside this invocation's folder s3://{}/{folder}/",
+                        bucket.bucket, bucket.bucket
                     ));
                 }
+                key
+            }
+            None => folder.clone().join("awsrunShellScript").join("0.awsrunShellScript").join("stdout"),
+        };
+        let url = format!("s3://{}/{key}", bucket.bucket);
+        let started = Instant::now();
+        let meta = loop {
+            match bucket.reader.head(&key).await {
+                Ok(m) => break m,
+                Err(object_store::Error::NotFound { .. }) if started.elapsed() < self.grace.min(OUTPUT_LAG) => {
+                    tokio::time::sleep(self.poll).await;
+                }
+                Err(object_store::Error::NotFound { .. }) => {
+                    return Err(format!(
+                        "no stdout object at {url} (does the instance profile allow s3:PutObject on the bucket?)"
+                    ));
+                }
+                Err(e) => return Err(format!("reading {url} failed: {e}")),
             }
         };
-        let url = format!("s3://{}/{}", bucket.bucket, meta.location);
         // Encoded output is at most about 4/3 of the compressed bytes; past
         // this, it cannot decode within the limit.
         let cap = self.max_output_bytes.saturating_mul(3).saturating_add(1 << 20);
         let capped = meta.size > cap;
         let read = async {
             if capped {
-                bucket.reader.get_range(&meta.location, 0..cap).await
+                bucket.reader.get_range(&key, 0..cap).await
             } else {
-                bucket.reader.get(&meta.location).await?.bytes().await
+                bucket.reader.get(&key).await?.bytes().await
             }
         };
         let bytes = read.await.map_err(|e| format!("reading {url} failed: {e}"))?;
-        Ok(FullOutput { text: String::from_utf8_lossy(&bytes).into_owned(), url, size: meta.size, capped })
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        let known = inline_part(inline);
+        if !text.starts_with(known) {
+            return Err(format!(
+                "{url} does not begin with the {} characters SSM returned inline, so it is not this instance's output (another instance may have written it; see the bucket policy in the README); it was not used",
+                known.chars().count()
+            ));
+        }
+        Ok(FullOutput { text, url, size: meta.size, capped })
+    }
+}
+
+/// The key of `url` (SSM's `StandardOutputUrl`: `https://s3.amazonaws.com/BUCKET/KEY`,
+/// a regional `https://s3.REGION.amazonaws.com/BUCKET/KEY`, or
+/// `https://BUCKET.s3....amazonaws.com/KEY`) when it is in `bucket`.
+fn output_key(url: &str, bucket: &str) -> Option<String> {
+    let rest = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://"))?;
+    let (host, path) = rest.split_once('/')?;
+    let key =
+        if host.starts_with(&format!("{bucket}.")) { path } else { path.strip_prefix(bucket)?.strip_prefix('/')? };
+    let key = percent_encoding::percent_decode_str(key).decode_utf8().ok()?.into_owned();
+    (!key.is_empty() && !key.split('/').any(|p| p == ".." || p == ".")).then_some(key)
+}
+
+/// What of the inline output came from the instance: all of it, less a
+/// truncation notice the agent may append when it cuts the output.
+fn inline_part(inline: &str) -> &str {
+    let lower = inline.to_ascii_lowercase();
+    match lower.rfind("output truncated") {
+        Some(at) => {
+            let start = lower[..at].trim_end_matches(['-', ' ']).len();
+            inline[..start].trim_end_matches(['\n', '\r'])
+        }
+        None => inline,
     }
 }
 

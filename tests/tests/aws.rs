@@ -22,7 +22,7 @@ use diffy_core::script::Script;
 use diffy_core::{CollectEvent, CollectOptions, CollectRequest, Collection, Host, HostStatus, PayloadSpec, Target};
 use diffy_target_asg::{AsgTarget, Selector};
 use diffy_testkit::moto::Moto;
-use diffy_testkit::ssm_endpoint::{EndpointOptions, SsmEndpoint};
+use diffy_testkit::ssm_endpoint::{EndpointOptions, Fault, SsmEndpoint};
 use diffy_transport_ssm::{SsmOptions, SsmTransport};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
@@ -414,6 +414,8 @@ async fn output_past_the_inline_limit_is_read_whole_from_the_output_bucket() {
     let writer = diffy_aws::s3::store("ssm-output", &c).unwrap();
     let endpoint = SsmEndpoint::start(EndpointOptions {
         output_writer: Some(("ssm-output".into(), Arc::new(writer))),
+        // Another instance forges this one's output object (the run's marker is no secret).
+        faults: [("i-00000000000000003".to_string(), Fault::ForgedOutput)].into(),
         ..EndpointOptions::default()
     })
     .await
@@ -426,13 +428,14 @@ async fn output_past_the_inline_limit_is_read_whole_from_the_output_bucket() {
 name = "big"
 [[query]]
 name = "dump"
-shell = 'if [ "$DIFFY_INSTANCE_ID" = "i-00000000000000001" ]; then head -c 60000 /dev/urandom | od -An -tx1 -v; else echo small; fi'
+shell = 'if [ "$DIFFY_INSTANCE_ID" = "i-00000000000000002" ]; then echo small; else head -c 60000 /dev/urandom | od -An -tx1 -v; fi'
 format = "lines"
 "#,
         "big",
     )
     .unwrap();
-    let hosts: Vec<Host> = ["i-00000000000000001", "i-00000000000000002"].map(|i| Host::named(i).unwrap()).to_vec();
+    let hosts: Vec<Host> =
+        ["i-00000000000000001", "i-00000000000000002", "i-00000000000000003"].map(|i| Host::named(i).unwrap()).to_vec();
     let transport = |bucket: &str| {
         let reader = diffy_aws::s3::store(bucket, &c).unwrap();
         let o = SsmOptions::default()
@@ -455,6 +458,13 @@ format = "lines"
     let small = results.iter().find(|r| r.host.id.as_str() == "i-00000000000000002").unwrap();
     assert_eq!(small.status, HostStatus::Ok);
     assert!(!small.transport.contains_key("ssm.output_source"), "inline output is used when whole");
+    // The forged object is refused: it does not begin with what SSM returned inline.
+    let forged = results.iter().find(|r| r.host.id.as_str() == "i-00000000000000003").unwrap();
+    assert_eq!(forged.status, HostStatus::Truncated, "{:?} {:?}", forged.message, forged.transport);
+    let m = forged.message.as_deref().unwrap();
+    assert!(m.contains("is not this instance's output"), "{m}");
+    assert!(!forged.transport.contains_key("ssm.output_source"), "{:?}", forged.transport);
+    assert_eq!(forged.unframed_stdout.len(), 24_000, "the genuine inline output is kept as evidence");
     assert_eq!(endpoint.output_errors(), Vec::<String>::new());
 
     // The agents may not write to this bucket: nothing there.
@@ -462,6 +472,6 @@ format = "lines"
     let big = results.iter().find(|r| r.host.id.as_str() == "i-00000000000000001").unwrap();
     assert_eq!(big.status, HostStatus::Truncated, "{:?}", big.message);
     let m = big.message.as_deref().unwrap();
-    assert!(m.contains("24000") && m.contains("no stdout object under s3://elsewhere/diffy/IR-7/"), "{m}");
+    assert!(m.contains("24000") && m.contains("no stdout object at s3://elsewhere/diffy/IR-7/"), "{m}");
     assert_eq!(big.unframed_stdout.len(), 24_000, "the cut output is kept as evidence");
 }

@@ -89,10 +89,15 @@ fn a_foreign_directory_is_not_used_as_a_store() {
 fn flags_beat_environment_beats_config_file() {
     let d = Diffy::new();
     d.write("diffy.toml", "[defaults]\nformat = \"json\"\nstore = \"from-config\"\n");
+    // Reading never creates a store: the one named by diffy.toml is missing.
+    let r = d.run(&["runs"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("from-config does not exist"), "store from diffy.toml: {}", r.stderr);
+    assert!(!d.path("from-config").exists());
+    d.write("from-config/DIFFY-STORE", "diffy evidence store, format 1\n");
     let r = d.run(&["runs"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(r.stdout.trim(), "[]", "format and store from diffy.toml");
-    assert!(d.path("from-config/DIFFY-STORE").exists());
     let d = d.env("DIFFY_FORMAT", "human");
     let r = d.run(&["runs"]);
     assert!(r.stdout.starts_with("No runs stored yet"), "environment beats the file: {}", r.stdout);

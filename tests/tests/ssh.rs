@@ -51,11 +51,17 @@ impl OwnTmp {
     }
 
     /// Nothing of the run is left: no file in its `$TMPDIR`, and no `ssh`
-    /// (nor anything else) still running with the fleet's ssh_config.
+    /// (nor anything else) still running with the fleet's ssh_config or the
+    /// run's own (which lives in `$TMPDIR`).
     fn assert_nothing_left(&self, fleet: &Fleet) {
         let left: Vec<_> = std::fs::read_dir(&self.0).unwrap().map(|e| e.unwrap().path()).collect();
         assert!(left.is_empty(), "nothing is left in $TMPDIR: {left:?}");
-        let running = processes_naming(&fleet.ssh_config().display().to_string());
+        self.assert_no_ssh_left(fleet);
+    }
+
+    fn assert_no_ssh_left(&self, fleet: &Fleet) {
+        let mut running = processes_naming(&fleet.ssh_config().display().to_string());
+        running.extend(processes_naming(self.env()));
         assert!(running.is_empty(), "no ssh is left running: {running:?}");
     }
 }
@@ -329,11 +335,142 @@ fn a_killed_diffy_still_stops_the_payloads_on_the_hosts() {
     child.wait().unwrap();
     assert_stopped_everywhere(&fleet, &marker);
     let t = Instant::now();
-    while !processes_naming(&fleet.ssh_config().display().to_string()).is_empty() {
+    while !processes_naming(tmp.env()).is_empty() {
         assert!(t.elapsed() < Duration::from_secs(10), "the ssh children end with their connections");
         std::thread::sleep(Duration::from_millis(200));
     }
-    tmp.assert_nothing_left(&fleet);
+    tmp.assert_no_ssh_left(&fleet);
+    // A diffy killed outright cannot remove its run's ssh_config: the one
+    // file left is that, private, and holds options only.
+    let left: Vec<_> = std::fs::read_dir(&tmp.0).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(left.len(), 1, "{left:?}");
+    let name = left[0].file_name().unwrap().to_str().unwrap();
+    assert!(name.starts_with("diffy-ssh-") && name.ends_with(".conf"), "{left:?}");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&left[0]).unwrap().permissions().mode() & 0o777, 0o600);
+    std::fs::remove_file(&left[0]).unwrap();
+}
+
+/// The payload's view of what the connection brought: an agent socket, an X
+/// display, a port forwarded back from the host, a local command run here.
+const WHAT_REACHED: &str = r#"[[query]]
+name = "reached"
+shell = '''echo "agent=${SSH_AUTH_SOCK:-none} display=${DISPLAY:-none}"; echo "remote_forward=$(ss -Hltn 2>/dev/null | grep -c ':7777 ' || true)"'''
+"#;
+
+/// The user's ssh_config may forward the agent, X11, ports, and run a local
+/// command; none of it reaches a host diffy collects from, which may be the
+/// attacker's. Before the fix the host saw the responder's agent socket.
+#[test]
+fn forwarding_in_the_users_config_never_reaches_a_host() {
+    let Some(fleet) = Fleet::up(2, "fwd") else { return };
+    let d = Diffy::new();
+    let agent_dir = tempfile::tempdir().unwrap();
+    let sock = agent_dir.path().join("agent.sock");
+    let mut agent = std::process::Command::new("ssh-agent").arg("-D").arg("-a").arg(&sock).spawn().unwrap();
+    let t = Instant::now();
+    while !sock.exists() {
+        assert!(t.elapsed() < Duration::from_secs(10), "ssh-agent did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let ran = agent_dir.path().join("local-command-ran");
+    let config = d.write(
+        "forwarding_config",
+        &format!(
+            "Host *\n  ForwardAgent yes\n  ForwardX11 yes\n  ForwardX11Trusted yes\n  GSSAPIDelegateCredentials yes\n  RemoteForward 127.0.0.1:7777 127.0.0.1:22\n  LocalForward 127.0.0.1:7778 127.0.0.1:22\n  PermitLocalCommand yes\n  LocalCommand touch {}\n\n{}",
+            ran.display(),
+            std::fs::read_to_string(fleet.ssh_config()).unwrap()
+        ),
+    );
+    d.write("reached.toml", WHAT_REACHED);
+    let r = d
+        .command(&[
+            "collect",
+            "fwd",
+            "--transport",
+            "ssh",
+            "--target",
+            "ssh-config",
+            "--ssh-config",
+            config.to_str().unwrap(),
+            "--payload",
+            "reached.toml",
+            "--format",
+            "json",
+        ])
+        .env("SSH_AUTH_SOCK", &sock)
+        .env("DISPLAY", ":0")
+        .output()
+        .unwrap();
+    let _ = agent.kill();
+    let _ = agent.wait();
+    let m: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    assert_eq!(m["counts"]["collected"], 2, "{m}\n{}", String::from_utf8_lossy(&r.stderr));
+    let run = m["id"].as_str().unwrap();
+    for h in &fleet.hosts {
+        let seen =
+            std::fs::read_to_string(d.path(&format!("diffy-store/runs/{run}/hosts/{h}/reached.stdout"))).unwrap();
+        assert_eq!(seen, "agent=none display=none\nremote_forward=0\n", "{h}");
+    }
+    assert!(!ran.exists(), "no LocalCommand ran on the responder's machine");
+}
+
+/// Options given on the command line reach only the destination, never a
+/// `ProxyJump` hop. A user config that sets nothing under `Host *` and is lax
+/// about the bastion's key must still get a strict check against
+/// `--known-hosts` on the hop: an unknown or changed bastion key is refused.
+/// Before the fix both runs collected every host.
+#[test]
+fn a_jump_host_gets_the_same_strict_options() {
+    let Some(fleet) = Fleet::up(3, "jhk") else { return };
+    let bastion = fleet.host(1).to_string();
+    fleet.bastion(&bastion, Some("1000:30:2000"));
+    let dir = fleet.dir.display().to_string();
+    let mut config = format!(
+        "Host {bastion}\n  HostName {bastion}\n  User root\n  IdentityFile {dir}/id_ed25519\n  IdentitiesOnly yes\n  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  ProxyCommand nsenter --net=/run/netns/%n socat - TCP:127.0.0.1:22,nodelay\n"
+    );
+    for (i, h) in fleet.hosts.iter().enumerate().skip(1) {
+        config.push_str(&format!(
+            "Host {h}-j\n  HostName 127.0.0.1\n  Port {}\n  HostKeyAlias {h}\n  ProxyJump {bastion}\n  User root\n  IdentityFile {dir}/id_ed25519\n  IdentitiesOnly yes\n",
+            10001 + i
+        ));
+    }
+    let d = Diffy::new();
+    let config = d.write("lax_config", &config);
+    let known = std::fs::read_to_string(fleet.known_hosts()).unwrap();
+    let without_bastion: String =
+        known.lines().filter(|l| !l.starts_with(&format!("{bastion} "))).map(|l| format!("{l}\n")).collect();
+    let other_key = known
+        .lines()
+        .find(|l| l.starts_with(&format!("{} ", fleet.host(2))))
+        .unwrap()
+        .split_once(' ')
+        .unwrap()
+        .1
+        .to_string();
+    let changed = format!("{without_bastion}{bastion} {other_key}\n");
+    d.write("name.toml", "[[query]]\nname = \"name\"\nshell = \"hostname\"\n");
+    let collect = |known_hosts: &str| {
+        let kh = d.write("kh", known_hosts);
+        let mut args = vec!["collect", "jhk", "--transport", "ssh", "--ssh-config", config.to_str().unwrap()];
+        args.extend(["--known-hosts", kh.to_str().unwrap(), "--payload", "name.toml", "--format", "json"]);
+        let hosts: Vec<String> = fleet.hosts[1..].iter().map(|h| format!("{h}-j")).collect();
+        for h in &hosts {
+            args.extend(["--host", h.as_str()]);
+        }
+        let m = d.run(&args).json();
+        let run = m["id"].as_str().unwrap().to_string();
+        hosts.iter().map(|h| d.host_result(&run, h)).collect::<Vec<_>>()
+    };
+    // With the bastion's key known, every host is collected through it.
+    for r in collect(&known) {
+        assert_eq!(r["status"], "ok", "{r}");
+    }
+    for (keys, status) in [(without_bastion.as_str(), "host_key_unknown"), (changed.as_str(), "host_key_mismatch")] {
+        for r in collect(keys) {
+            assert_eq!(r["status"], status, "{r}");
+        }
+    }
 }
 
 /// A jump host keeps sshd's default `MaxStartups 10:30:100`, so it closes

@@ -44,10 +44,12 @@ pub struct FsStore {
 impl FsStore {
     /// Opens (and creates, if needed) a store at `root`. Refuses a non-empty
     /// directory that is not a Diffy store, so evidence never lands among
-    /// unrelated files.
+    /// unrelated files. What it creates only its owner can read (0700
+    /// directories, 0600 files): evidence holds what hosts would not show
+    /// to everyone.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
         let root = root.into();
-        fs::create_dir_all(&root).map_err(|e| Error::io(PLUGIN, "create", &root, e))?;
+        create_dirs(&root)?;
         let marker = root.join(MARKER);
         if !marker.exists() {
             let mut entries = fs::read_dir(&root).map_err(|e| Error::io(PLUGIN, "read", &root, e))?;
@@ -58,6 +60,24 @@ impl FsStore {
                 ));
             }
             write_atomic(&marker, MARKER_TEXT.as_bytes(), false)?;
+        }
+        Ok(Self { root })
+    }
+
+    /// Opens the store at `root` only if there is one: for commands that
+    /// only read, so that a mistyped path is an error, not a new store.
+    pub fn open_existing(root: impl Into<PathBuf>) -> Result<Self> {
+        let root = root.into();
+        if !root.join(MARKER).is_file() {
+            let why = if root.exists() { "is not a Diffy store" } else { "does not exist" };
+            return Err(Error::NotFound {
+                what: "store",
+                name: root.display().to_string(),
+                help: Some(format!(
+                    "{} {why}: check --store (or [defaults] store); a store is created by collect, baseline or analyze",
+                    root.display()
+                )),
+            });
         }
         Ok(Self { root })
     }
@@ -91,6 +111,29 @@ fn temp_name(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.{}.tmp", hex::encode(r)))
 }
 
+/// Creates `dir` and its missing parents, each readable by its owner only.
+fn create_dirs(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| Error::io(PLUGIN, "create", dir, e))
+}
+
+/// Creates the new directory `dir` (its parent exists), for its owner only.
+fn create_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new().mode(0o700).create(dir)
+}
+
+/// Creates the new file `path`, readable and writable by its owner only.
+fn create_file(path: &Path) -> Result<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| Error::io(PLUGIN, "create", path, e))
+}
+
 fn sync_dir(dir: &Path) {
     // Best effort: not every filesystem lets a directory be fsynced.
     if let Ok(d) = fs::File::open(dir) {
@@ -102,14 +145,10 @@ fn sync_dir(dir: &Path) {
 /// `AlreadyExists` when `path` exists (checked atomically by hard-linking).
 fn write_atomic(path: &Path, bytes: &[u8], no_clobber: bool) -> Result<()> {
     let dir = path.parent().expect("store paths have a parent");
-    fs::create_dir_all(dir).map_err(|e| Error::io(PLUGIN, "create", dir, e))?;
+    create_dirs(dir)?;
     let tmp = temp_name(path);
     let result = (|| {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .map_err(|e| Error::io(PLUGIN, "create", &tmp, e))?;
+        let mut f = create_file(&tmp)?;
         f.write_all(bytes).map_err(|e| Error::io(PLUGIN, "write", &tmp, e))?;
         f.sync_all().map_err(|e| Error::io(PLUGIN, "flush", &tmp, e))?;
         if no_clobber {
@@ -148,7 +187,9 @@ fn to_json<T: serde::Serialize>(value: &T) -> Vec<u8> {
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f).await.expect("store I/O does not panic")
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
+        Err(Error::plugin(PLUGIN, format!("a store operation failed: {}", crate::script::panic_text(e))))
+    })
 }
 
 fn raw_file(part: RawPart<'_>) -> String {
@@ -162,7 +203,7 @@ fn raw_file(part: RawPart<'_>) -> String {
 
 fn write_host(dir: &Path, result: &HostResult) -> Result<()> {
     let hosts = dir.parent().expect("host dirs have a parent");
-    fs::create_dir_all(hosts).map_err(|e| Error::io(PLUGIN, "create", hosts, e))?;
+    create_dirs(hosts)?;
     if dir.exists() {
         return Err(Error::AlreadyExists {
             what: "host result",
@@ -172,14 +213,14 @@ fn write_host(dir: &Path, result: &HostResult) -> Result<()> {
     }
     let tmp = temp_name(dir);
     let write = || -> Result<()> {
-        fs::create_dir(&tmp).map_err(|e| Error::io(PLUGIN, "create", &tmp, e))?;
+        create_dir(&tmp).map_err(|e| Error::io(PLUGIN, "create", &tmp, e))?;
         let put = |name: String, bytes: &Bytes| -> Result<()> {
             if bytes.is_empty() {
                 return Ok(());
             }
             crate::names::validate_component("raw file name", &name)?;
             let p = tmp.join(&name);
-            let mut f = fs::File::create(&p).map_err(|e| Error::io(PLUGIN, "create", &p, e))?;
+            let mut f = create_file(&p)?;
             f.write_all(bytes).map_err(|e| Error::io(PLUGIN, "write", &p, e))?;
             f.sync_all().map_err(|e| Error::io(PLUGIN, "flush", &p, e))
         };
@@ -190,7 +231,7 @@ fn write_host(dir: &Path, result: &HostResult) -> Result<()> {
         put(raw_file(RawPart::UnframedStdout), &result.unframed_stdout)?;
         put(raw_file(RawPart::UnframedStderr), &result.unframed_stderr)?;
         let meta = tmp.join("result.json");
-        let mut f = fs::File::create(&meta).map_err(|e| Error::io(PLUGIN, "create", &meta, e))?;
+        let mut f = create_file(&meta)?;
         f.write_all(&to_json(&result.record())).map_err(|e| Error::io(PLUGIN, "write", &meta, e))?;
         f.sync_all().map_err(|e| Error::io(PLUGIN, "flush", &meta, e))?;
         sync_dir(&tmp);
@@ -247,8 +288,8 @@ impl Persistence for FsStore {
         let id = run.id.to_string();
         blocking(move || {
             let runs = dir.parent().expect("run dirs have a parent");
-            fs::create_dir_all(runs).map_err(|e| Error::io(PLUGIN, "create", runs, e))?;
-            fs::create_dir(&dir).map_err(|e| match e.kind() {
+            create_dirs(runs)?;
+            create_dir(&dir).map_err(|e| match e.kind() {
                 std::io::ErrorKind::AlreadyExists => Error::AlreadyExists { what: "run", name: id, help: None },
                 _ => Error::io(PLUGIN, "create", &dir, e),
             })?;
