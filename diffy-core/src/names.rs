@@ -17,7 +17,9 @@ const MAX_NAME: usize = 200;
 /// Checks that `value` is safe to use as one path component.
 ///
 /// Rejects the empty string, `.` and `..`, anything with `/`, `\`, NUL or
-/// another control character, and names longer than 200 bytes.
+/// another control character, invisible and bidirectional formatting
+/// characters (U+200B..U+200F, U+202A..U+202E, U+2066..U+2069, ...), and
+/// names longer than 200 bytes.
 pub fn validate_component(what: &'static str, value: &str) -> Result<()> {
     let reason = if value.is_empty() {
         Some("it is empty")
@@ -31,6 +33,11 @@ pub fn validate_component(what: &'static str, value: &str) -> Result<()> {
         Some("it contains a NUL byte")
     } else if value.chars().any(char::is_control) {
         Some("it contains a control character")
+    } else if value.chars().any(|c| {
+        matches!(c, '\u{061c}' | '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}')
+    }) {
+        // Names are shown as they are: none may reorder or hide what a terminal shows.
+        Some("it contains an invisible or bidirectional formatting character")
     } else if value.starts_with('.') {
         Some("it starts with '.', which stores reserve for temporary files")
     } else {
@@ -211,7 +218,7 @@ mod tests {
 
     #[test]
     fn rejects_path_tricks() {
-        for bad in ["", ".", "..", "a/b", "../x", "a\\b", "a\0b", "a\nb", ".hidden"] {
+        for bad in ["", ".", "..", "a/b", "../x", "a\\b", "a\0b", "a\nb", ".hidden", "web\u{202e}1", "a\u{200b}b"] {
             let err = TargetKey::new(bad).unwrap_err();
             assert!(matches!(err, Error::InvalidName { what: "target key", .. }), "{bad:?}: {err}");
         }
