@@ -73,7 +73,8 @@ pub struct TargetArgs {
     #[arg(long, env = "DIFFY_TARGET", value_name = "NAME")]
     pub target: Option<String>,
 
-    /// A host, as `ID[=ADDRESS]` (repeatable).
+    /// A host, as `ID[=ADDRESS]` (repeatable). With --target ssh-config it
+    /// chooses among the file's Host entries; with asg, it names instance ids.
     #[arg(long = "host", value_name = "HOST")]
     pub hosts: Vec<String>,
 

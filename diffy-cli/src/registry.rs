@@ -293,7 +293,15 @@ pub fn target(
                 "name it with --ssh-config FILE",
             ));
         };
-        let t = diffy_transport_ssh::SshConfigTarget::from_file(config)?;
+        let mut t = diffy_transport_ssh::SshConfigTarget::from_file(config)?;
+        // --host and --hosts choose among the file's hosts, never add to them.
+        let mut chosen: Vec<HostId> = hosts.iter().map(|h| h.id.clone()).collect();
+        if let Some(f) = hosts_file {
+            chosen.extend(diffy_core::StaticTarget::from_file(f)?.hosts().iter().map(|h| h.id.clone()));
+        }
+        if !chosen.is_empty() {
+            t = t.select(&chosen, &config.display().to_string())?;
+        }
         if t.hosts().is_empty() {
             return Err(CliError::new(
                 format!("{} has no Host entry without wildcards", config.display()),

@@ -850,6 +850,26 @@ impl SshConfigTarget {
     pub fn hosts(&self) -> &[Host] {
         &self.hosts
     }
+
+    /// Only the hosts named in `ids`, in that order: `--host` and `--hosts`
+    /// choose among the file's hosts. A name the file does not have is an
+    /// error naming it (a baseline taken from hosts nobody chose could hold
+    /// the compromise it should reveal).
+    pub fn select(self, ids: &[HostId], source: &str) -> Result<Self> {
+        let mut chosen = Vec::with_capacity(ids.len());
+        for id in ids {
+            let Some(h) = self.hosts.iter().find(|h| &h.id == id) else {
+                return Err(Error::invalid_with_help(
+                    format!("host {id} is not a Host entry of {source}"),
+                    format!("--host and --hosts choose among the Host entries of {source}; check the name"),
+                ));
+            };
+            if !chosen.iter().any(|c: &Host| c.id == h.id) {
+                chosen.push(h.clone());
+            }
+        }
+        Ok(Self { hosts: chosen })
+    }
 }
 
 fn add_host(hosts: &mut Vec<Host>, id: HostId) {
@@ -1005,6 +1025,17 @@ mod tests {
         .unwrap();
         let ids: Vec<&str> = t.hosts().iter().map(|h| h.id.as_str()).collect();
         assert_eq!(ids, ["web-1", "web-2", "db-1"]);
+    }
+
+    #[test]
+    fn hosts_given_choose_among_the_files() {
+        let t = SshConfigTarget::parse("Host web-1 web-2 web-3\n", "cfg").unwrap();
+        let ids = |names: &[&str]| names.iter().map(|n| HostId::new(*n).unwrap()).collect::<Vec<_>>();
+        let chosen = t.clone().select(&ids(&["web-3", "web-1"]), "cfg").unwrap();
+        let got: Vec<&str> = chosen.hosts().iter().map(|h| h.id.as_str()).collect();
+        assert_eq!(got, ["web-3", "web-1"]);
+        let err = t.select(&ids(&["web-1", "web-9"]), "cfg").unwrap_err();
+        assert!(err.to_string().contains("host web-9 is not a Host entry of cfg"), "{err}");
     }
 
     #[test]

@@ -545,3 +545,30 @@ fn through_a_bastion_with_sshds_default_limits_every_host_is_collected() {
     );
     assert!(retried + refused > 0, "the bastion's MaxStartups refused no connection: this test showed nothing");
 }
+
+/// `--host` with `--target ssh-config` chooses among the file's hosts: a
+/// baseline is taken from the hosts the responder named, never from all of
+/// them. Before the fix it was taken from every host of the ssh_config.
+#[test]
+fn host_flags_choose_among_an_ssh_config_targets_hosts() {
+    let Some(fleet) = Fleet::up(4, "sel") else { return };
+    let d = Diffy::new();
+    d.write("name.toml", "[[query]]\nname = \"name\"\nshell = \"hostname\"\n");
+    let mut args: Vec<String> =
+        ["baseline", "sel", "--payload", "name.toml", "--format", "json"].map(String::from).to_vec();
+    args.extend(ssh_args(&fleet));
+    let with = |extra: &[&str]| {
+        let mut a: Vec<&str> = args.iter().map(String::as_str).collect();
+        a.extend(extra);
+        d.run(&a)
+    };
+    let r = with(&["--host", fleet.host(2), "--host", fleet.host(4)]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let m = r.json();
+    let hosts: Vec<&str> = m["run"]["hosts"].as_array().unwrap().iter().map(|h| h["id"].as_str().unwrap()).collect();
+    assert_eq!(hosts, [fleet.host(2), fleet.host(4)], "{m}");
+    let unknown = format!("{}-9", fleet.prefix);
+    let r = with(&["--host", &unknown]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains(&format!("host {unknown} is not a Host entry of")), "{}", r.stderr);
+}
