@@ -83,6 +83,20 @@ use serde::Deserialize;
 use crate::dataset::{Builder, Profiles, Role, Scratch, Seen};
 use crate::profile::{HostNames, Profile};
 pub use crate::score::{MIN_HERD, cohort_min, rarity};
+
+/// Entry points for the fuzz targets (`fuzz/`) and their corpus replay; not
+/// part of the supported API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use std::sync::Arc;
+
+    /// Reads one `--import` host file's bytes as `analyze --import` does:
+    /// the host's status and how many rows it gave.
+    pub fn import_host_file(bytes: &[u8]) -> (diffy_core::HostStatus, usize) {
+        let profiles = Arc::new(crate::dataset::Profiles::new(std::iter::empty()));
+        crate::import::read_one(bytes, profiles)
+    }
+}
 pub use crate::suppress::Suppressions;
 
 /// The default outlier threshold.
