@@ -34,9 +34,10 @@ impl CliError {
 
 impl fmt::Display for CliError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "error: {}", self.message)?;
+        // Messages may quote what a host or a file said: shown escaped, one line each.
+        write!(f, "error: {}", crate::output::term(&self.message, 4000))?;
         if let Some(h) = &self.help {
-            write!(f, "\nhelp: {h}")?;
+            write!(f, "\nhelp: {}", crate::output::term(h, 4000))?;
         }
         Ok(())
     }
@@ -66,3 +67,15 @@ impl From<std::io::Error> for CliError {
 
 /// Result of a command.
 pub type CliResult<T> = Result<T, CliError>;
+
+#[cfg(test)]
+mod tests {
+    use super::CliError;
+
+    #[test]
+    fn messages_reach_the_terminal_escaped() {
+        let e = CliError::new("host said \u{1b}[2J\r\nerror: forged\u{202e}", "run \u{9b}0m this");
+        let shown = e.to_string();
+        assert_eq!(shown, "error: host said \\u{1b}[2J\\r\\nerror: forged\\u{202e}\nhelp: run \\u{9b}0m this");
+    }
+}

@@ -453,3 +453,20 @@ pub fn plugins(out: &mut dyn Write, plugins: &[PluginInfo]) -> io::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{term, terminal_safe};
+
+    #[test]
+    fn host_text_is_escaped_and_shortened() {
+        assert_eq!(term("plain text, ünïcode", 100), "plain text, ünïcode");
+        assert_eq!(term("a\u{1b}[31mb\rc\nd\te\u{7f}", 100), "a\\u{1b}[31mb\\rc\\nd\\te\\u{7f}");
+        assert_eq!(
+            term("\u{202e}gnp.exe\u{2066}\u{200b}\u{feff}\u{85}", 100),
+            "\\u{202e}gnp.exe\\u{2066}\\u{200b}\\u{feff}\\u{85}"
+        );
+        assert_eq!(term("abcdef", 3), "abc…");
+        assert_eq!(terminal_safe("line 1\nline \u{1b}2\n"), "line 1\nline \\u{1b}2\n");
+    }
+}
