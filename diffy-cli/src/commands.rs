@@ -272,6 +272,14 @@ async fn baseline(c: &Common, a: &BaselineArgs) -> CliResult<u8> {
                 Some(old) => writeln!(out, " (replacing {old}, which stays in the store).")?,
                 None => writeln!(out, ".")?,
             }
+            // Say from which hosts: a baseline is only as clean as they are.
+            let from: Vec<&str> = manifest.hosts.iter().map(|h| h.id.as_str()).collect();
+            let shown = if from.len() <= 20 {
+                from.join(", ")
+            } else {
+                format!("{}, … {} more (--format json lists them)", from[..20].join(", "), from.len() - 20)
+            };
+            writeln!(out, "Taken from {} host{}: {shown}.", from.len(), if from.len() == 1 { "" } else { "s" })?;
         }
         Format::Json => print_json(&serde_json::json!({ "run": manifest, "baseline": record }))?,
         Format::Jsonl => {

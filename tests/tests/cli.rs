@@ -187,6 +187,7 @@ fn runs_lists_baselines_and_surveys() {
     let replaced = d.run(&["baseline", "lab", "--host", "h1", "--replace"]);
     assert_eq!(replaced.code, 0, "{}", replaced.stderr);
     assert!(replaced.stdout.contains("replacing"), "{}", replaced.stdout);
+    assert!(replaced.stdout.contains("Taken from 1 host: h1."), "the baseline names its hosts: {}", replaced.stdout);
     assert_eq!(
         d.run(&["runs", "--format", "json"]).json().as_array().unwrap().len(),
         3,
