@@ -135,6 +135,10 @@ pub(crate) fn collecting_engine(
     let transport_name = tr.transport.clone().or_else(|| d.transport.clone()).unwrap_or_else(|| "local".into());
     let target_name = t.target.clone().or_else(|| d.target.clone()).unwrap_or_else(|| "static".into());
     let payload_name = p.payload.clone().or_else(|| d.payload.clone()).unwrap_or_else(|| "shell".into());
+    let chosen = crate::unused::Chosen { target: &target_name, transport: &transport_name, store: &c.store };
+    for w in crate::unused::check(chosen, t, tr, &c.config)? {
+        let _ = writeln!(std::io::stderr(), "warning: {w}");
+    }
     let hosts = t.hosts.iter().map(|h| registry::parse_host(h)).collect::<CliResult<Vec<_>>>()?;
     let hosts_file: Option<PathBuf> = t.hosts_file.clone().or_else(|| d.hosts.as_ref().map(|h| c.config.path(h)));
     let ssh = ssh_settings(c, &tr.ssh);

@@ -72,7 +72,7 @@ pub struct Defaults {
 }
 
 /// Settings of the ssh transport.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SshDefaults {
     pub config: Option<PathBuf>,

@@ -12,6 +12,7 @@ pub mod config;
 pub mod error;
 pub mod output;
 pub mod registry;
+mod unused;
 
 use std::io::Write;
 use std::process::ExitCode;

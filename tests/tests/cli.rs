@@ -194,3 +194,29 @@ fn runs_lists_baselines_and_surveys() {
         "the old baseline run is kept"
     );
 }
+
+/// A flag that the chosen plugins would ignore is refused, naming the plugin
+/// that uses it; the same setting from the environment is a warning.
+#[test]
+fn flags_the_chosen_plugins_ignore_are_refused() {
+    let d = Diffy::new();
+    for (args, says) in [
+        (&["collect", "web", "--host", "a", "--tag", "app=web"][..], "--tag is used only by the asg target"),
+        (&["collect", "web", "--host", "a", "--ssh-user", "ops"][..], "--ssh-user is used only by the ssh transport"),
+        (
+            &["baseline", "web", "--host", "a", "--ssm-output", "s3://b/p"][..],
+            "--ssm-output is used only by the ssm transport",
+        ),
+        (&["analyze", "web", "--host", "a", "--sudo"][..], "--sudo is used only by the ssh transport"),
+    ] {
+        let r = d.run(args);
+        assert_eq!(r.code, 2, "{args:?}: {}", r.stderr);
+        assert!(r.stderr.contains(says), "{args:?}: {}", r.stderr);
+        assert!(r.stderr.contains("this run has --target static and --transport local"), "{}", r.stderr);
+    }
+    assert!(!d.path("diffy-store/runs").exists(), "nothing was collected");
+    let d = d.env("DIFFY_SSH_USER", "ops");
+    let r = d.run(&["collect", "web", "--host", "a"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.contains("warning: DIFFY_SSH_USER is set, but only the ssh transport"), "{}", r.stderr);
+}
