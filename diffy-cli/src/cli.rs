@@ -63,6 +63,18 @@ pub enum Command {
     Plugins,
     /// Print the JSON Schema of the report or of the JSON Lines events.
     Schema(SchemaArgs),
+    /// Print a shell completion script (e.g. `diffy completions bash > ~/.local/share/bash-completion/completions/diffy`).
+    Completions(CompletionsArgs),
+    /// Print the man page, in roff (e.g. `diffy man > /usr/local/share/man/man1/diffy.1`).
+    Man,
+}
+
+/// `diffy completions`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 /// Which hosts.

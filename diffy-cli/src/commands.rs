@@ -376,6 +376,18 @@ pub async fn run(cli: Cli) -> CliResult<u8> {
         Command::Runs(a) => runs(&c, a).await,
         Command::Plugins => plugins(&c),
         Command::Schema(a) => schema(a),
+        Command::Completions(a) => {
+            // Into memory first: clap_complete panics on a failed write (a closed pipe).
+            let mut script = Vec::new();
+            clap_complete::generate(a.shell, &mut <Cli as clap::CommandFactory>::command(), "diffy", &mut script);
+            std::io::stdout().lock().write_all(&script)?;
+            Ok(EXIT_CLEAN)
+        }
+        Command::Man => {
+            let page = clap_mangen::Man::new(<Cli as clap::CommandFactory>::command());
+            page.render(&mut std::io::stdout().lock())?;
+            Ok(EXIT_CLEAN)
+        }
     }
 }
 

@@ -220,3 +220,23 @@ fn flags_the_chosen_plugins_ignore_are_refused() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(r.stderr.contains("warning: DIFFY_SSH_USER is set, but only the ssh transport"), "{}", r.stderr);
 }
+
+/// Shell completions and the man page come from the same clap definitions.
+#[test]
+fn completions_and_man_page_are_generated() {
+    let d = Diffy::new();
+    let bash = d.run(&["completions", "bash"]);
+    assert_eq!(bash.code, 0, "{}", bash.stderr);
+    assert!(bash.stdout.contains("complete -F _diffy"), "{}", bash.stdout);
+    assert!(bash.stdout.contains("--ssh-connection-attempts"), "every flag is completed");
+    for shell in ["zsh", "fish", "elvish", "powershell"] {
+        let r = d.run(&["completions", shell]);
+        assert_eq!(r.code, 0, "{shell}: {}", r.stderr);
+        assert!(r.stdout.contains("baseline"), "{shell}");
+    }
+    let man = d.run(&["man"]);
+    assert_eq!(man.code, 0, "{}", man.stderr);
+    assert!(man.stdout.contains(".TH diffy 1"), "{}", &man.stdout[..200.min(man.stdout.len())]);
+    assert!(man.stdout.contains("Exit status: 0 nothing found"), "the man page carries the exit codes");
+    assert_eq!(d.run(&["completions", "tcsh"]).code, 2);
+}
