@@ -63,24 +63,11 @@ async fn an_edited_record_opens_nothing_outside_the_store() {
 
 #[tokio::test]
 async fn evidence_is_readable_by_its_owner_only() {
-    use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("store");
     let store = FsStore::open(&root).unwrap();
     diffy_testkit::conformance::persistence(&store).await;
-    let mut seen = 0;
-    let mut todo = vec![root];
-    while let Some(p) = todo.pop() {
-        let meta = std::fs::metadata(&p).unwrap();
-        let mode = meta.permissions().mode() & 0o777;
-        if meta.is_dir() {
-            assert_eq!(mode, 0o700, "{}", p.display());
-            todo.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
-        } else {
-            assert_eq!(mode, 0o600, "{}", p.display());
-        }
-        seen += 1;
-    }
+    let seen = diffy_testkit::conformance::assert_owner_only(&root);
     assert!(seen > 10, "the suite wrote runs, hosts and baselines: {seen}");
 }
 

@@ -405,3 +405,23 @@ where
         other => panic!("{name}: a record naming a query ../../../outside must be corrupt, got {other:?}"),
     }
 }
+
+/// Checks that everything under `root` is its owner's only (directories
+/// 0700, files 0600), as evidence must be; returns how many entries it saw.
+pub fn assert_owner_only(root: &std::path::Path) -> usize {
+    use std::os::unix::fs::PermissionsExt;
+    let mut seen = 0;
+    let mut todo = vec![root.to_path_buf()];
+    while let Some(p) = todo.pop() {
+        let meta = std::fs::metadata(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        let mode = meta.permissions().mode() & 0o777;
+        if meta.is_dir() {
+            assert_eq!(mode, 0o700, "{} is a directory others can read", p.display());
+            todo.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+        } else {
+            assert_eq!(mode, 0o600, "{} is a file others can read", p.display());
+        }
+        seen += 1;
+    }
+    seen
+}

@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
 use common::{Diffy, only_run};
@@ -141,17 +140,7 @@ fn one_corrupt_or_edited_host_does_not_cost_the_others() {
 fn evidence_is_private_and_readers_create_no_store() {
     let d = Diffy::new();
     collected(&d, &["a", "b"]);
-    let mut todo = vec![d.path("diffy-store")];
-    while let Some(p) = todo.pop() {
-        let meta = std::fs::metadata(&p).unwrap();
-        let mode = meta.permissions().mode() & 0o777;
-        if meta.is_dir() {
-            assert_eq!(mode, 0o700, "{}", p.display());
-            todo.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
-        } else {
-            assert_eq!(mode, 0o600, "{}", p.display());
-        }
-    }
+    diffy_testkit::conformance::assert_owner_only(&d.path("diffy-store"));
     for args in [
         &["runs", "--store", "mistyped/path"][..],
         &["analyze", "--from", "20231114T221320Z-aaaaaa", "--store", "mistyped/path"][..],
