@@ -72,15 +72,42 @@ fn parse_duration(s: &str) -> CliResult<Duration> {
     Ok(d)
 }
 
-fn collect_options(c: &Common, t: &TransportArgs, transport_default: usize) -> CliResult<CollectOptions> {
+/// The soft limit on open files, once raised at start (see `main`).
+pub(crate) static OPEN_FILES: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+
+/// Hosts that can run at once within `open_files` descriptors when each
+/// host is a child process: three pipes held here per host, one to spare,
+/// and 64 kept for the store, the runtime and the terminal.
+pub(crate) fn hosts_within(open_files: u64) -> usize {
+    usize::try_from(open_files.saturating_sub(64) / 4).unwrap_or(usize::MAX).max(1)
+}
+
+fn collect_options(
+    c: &Common,
+    t: &TransportArgs,
+    transport_default: usize,
+    child_per_host: bool,
+) -> CliResult<CollectOptions> {
     let d = &c.config.defaults;
-    let mut o = CollectOptions::default().concurrency(transport_default);
+    let mut concurrency = transport_default;
     if let Some(n) = t.concurrency.or(d.concurrency) {
         if n == 0 {
             return Err(CliError::new("--concurrency must be at least 1", "use e.g. --concurrency 64"));
         }
-        o = o.concurrency(n);
+        concurrency = n;
     }
+    // A host that cannot get its pipes would be lost: run fewer at once.
+    if let (true, Some(&files)) = (child_per_host, OPEN_FILES.get()) {
+        let fits = hosts_within(files);
+        if concurrency > fits {
+            let _ = writeln!(
+                std::io::stderr(),
+                "warning: {concurrency} hosts at once need more open files than the limit of {files} allows; running {fits} at once (raise `ulimit -Hn` to run more)"
+            );
+            concurrency = fits;
+        }
+    }
+    let mut o = CollectOptions::default().concurrency(concurrency);
     if let Some(s) = t.deadline.as_deref().or(d.deadline.as_deref()) {
         o = o.host_deadline(parse_duration(s)?);
     }
@@ -158,7 +185,7 @@ pub(crate) fn collecting_engine(
     let target = registry::target(&target_name, hosts, hosts_file.as_deref(), &transport_name, &ssh, &aws)?;
     let payload = registry::payload(&payload_name, &c.config)?;
     let store = registry::store(&c.store, &aws, registry::StoreUse::Write)?;
-    let options = collect_options(c, tr, collection.default_concurrency())?;
+    let options = collect_options(c, tr, collection.default_concurrency(), transport_name != "ssm")?;
     Ok(Engine::builder()
         .target_arc(target)
         .collection_arc(collection)

@@ -195,3 +195,37 @@ fn sigterm_and_sighup_leave_an_interrupted_run_not_a_running_one() {
         assert_eq!(manifest["counts"]["collected"], 1, "{signal}: what arrived is kept: {manifest}");
     }
 }
+
+/// Under a low open-files limit that cannot be raised, diffy runs fewer
+/// hosts at once, says so, and loses none (before, hosts past the limit were
+/// `transport_error`: "Too many open files").
+#[test]
+fn a_low_open_files_limit_costs_no_host() {
+    let d = Diffy::new();
+    d.write("p.toml", "[[query]]\nname = \"probe\"\nshell = \"sleep 0.2; echo ok\"\n");
+    let mut args: Vec<String> = ["collect", "lab", "--payload", "p.toml", "--concurrency", "500", "--format", "json"]
+        .map(String::from)
+        .to_vec();
+    for i in 1..=60 {
+        args.extend(["--host".to_string(), format!("h{i}")]);
+    }
+    let c = d.command(&[]);
+    // The same environment, through a shell that lowers both limits first.
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -n 120 && exec \"$0\" \"$@\"")
+        .arg(common::bin())
+        .args(&args)
+        .current_dir(d.dir.path())
+        .envs(c.get_envs().filter_map(|(k, v)| v.map(|v| (k.to_owned(), v.to_owned()))))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("500 hosts at once need more open files than the limit of 120 allows; running 14 at once"),
+        "{stderr}"
+    );
+    let m: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(m["counts"]["collected"], 60, "{m}");
+}
