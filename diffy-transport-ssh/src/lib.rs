@@ -44,6 +44,7 @@ use diffy_core::collection::{ExecLimits, HostExec};
 use diffy_core::script::{ExecEnd, Execution, Script, payload_ended, remote_pid};
 use diffy_core::target::{Resolution, Target};
 use diffy_core::transport::output::{Capture, Driven, drive, read_limited};
+use diffy_core::transport::spawn::spawn_patiently;
 use diffy_core::{CancellationToken, Error, Host, HostId, HostStatus, Result, TargetKey};
 use tokio::io::AsyncWriteExt;
 use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command};
@@ -622,7 +623,12 @@ impl HostExec for SshTransport {
         let (mut child, mut out, mut err, mut o, mut e, driven, stdin, started_on_host, stderr_text, refused) = loop {
             let mut cmd = Command::new(&line[0]);
             cmd.args(&line[1..]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
-            let mut child = match cmd.spawn() {
+            // A passing shortage of descriptors or processes waits, within the deadline.
+            let (spawned, waits) = spawn_patiently(&mut cmd, begun + limits.deadline).await;
+            if waits > 0 {
+                transport.insert("spawn_waits".into(), waits.to_string());
+            }
+            let mut child = match spawned {
                 Ok(c) => c,
                 Err(e) => {
                     return failed(

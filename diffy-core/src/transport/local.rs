@@ -121,7 +121,8 @@ impl HostExec for LocalTransport {
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .process_group(0);
-        let mut child = match cmd.spawn() {
+        let until = std::time::Instant::now() + limits.deadline;
+        let mut child = match super::spawn::spawn_patiently(&mut cmd, until).await.0 {
             Ok(c) => c,
             Err(e) => {
                 return Execution {

@@ -2,5 +2,6 @@
 
 mod local;
 pub mod output;
+pub mod spawn;
 
 pub use local::LocalTransport;
