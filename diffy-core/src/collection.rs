@@ -4,7 +4,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use chrono::Utc;
 use futures::StreamExt;
 use futures::stream::BoxStream;
@@ -14,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::names::{Host, HostId};
 use crate::query::PayloadSpec;
 use crate::result::{HostResult, HostStatus};
-use crate::script::{ExecEnd, Execution, Script, assemble_blocking};
+use crate::script::{Execution, Script, assemble_blocking};
 
 /// Limits of one collection.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -210,20 +209,10 @@ impl<E: HostExec> Collection for PerHost<E> {
                         // never the hosts after it.
                         let started = Utc::now();
                         let run = std::panic::AssertUnwindSafe(exec.exec(&host, &script, limits, &cancel));
-                        let execution = futures::FutureExt::catch_unwind(run).await.unwrap_or_else(|p| Execution {
-                            stdout: Bytes::new(),
-                            stderr: Bytes::new(),
-                            end: ExecEnd::Failed {
-                                status: HostStatus::TransportError,
-                                message: format!(
-                                    "the {} transport failed on this host ({})",
-                                    exec.name(),
-                                    crate::script::panic_message(p.as_ref())
-                                ),
-                            },
-                            started_at: started,
-                            finished_at: Utc::now(),
-                            transport: Default::default(),
+                        let execution = futures::FutureExt::catch_unwind(run).await.unwrap_or_else(|p| {
+                            let why = crate::script::panic_message(p.as_ref());
+                            let message = format!("the {} transport failed on this host ({why})", exec.name());
+                            Execution::failed(HostStatus::TransportError, message, started)
                         });
                         let result = assemble_blocking(host, spec, script, execution).await;
                         let _ = tx.send(CollectEvent::Finished(Box::new(result))).await;
@@ -237,8 +226,11 @@ impl<E: HostExec> Collection for PerHost<E> {
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
+
     use super::*;
     use crate::query::{OutputFormat, Query};
+    use crate::script::ExecEnd;
 
     /// Answers every host with an empty exit 0, and panics on `b`.
     #[derive(Debug)]

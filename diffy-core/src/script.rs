@@ -237,6 +237,21 @@ pub struct Execution {
     pub transport: BTreeMap<String, String>,
 }
 
+impl Execution {
+    /// An invocation that failed before any output (the transport could not
+    /// start, or failed): `status` and what happened, nothing kept.
+    pub fn failed(status: HostStatus, message: impl Into<String>, started_at: DateTime<Utc>) -> Self {
+        Execution {
+            stdout: Bytes::new(),
+            stderr: Bytes::new(),
+            end: ExecEnd::Failed { status, message: message.into() },
+            started_at,
+            finished_at: Utc::now(),
+            transport: BTreeMap::new(),
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Frames {
     hostname: Option<String>,

@@ -524,14 +524,7 @@ fn failed(
     started_at: chrono::DateTime<Utc>,
     transport: BTreeMap<String, String>,
 ) -> Execution {
-    Execution {
-        stdout: Bytes::new(),
-        stderr: Bytes::new(),
-        end: ExecEnd::Failed { status, message },
-        started_at,
-        finished_at: Utc::now(),
-        transport,
-    }
+    Execution { transport, ..Execution::failed(status, message, started_at) }
 }
 
 fn shown(args: &[OsString]) -> String {

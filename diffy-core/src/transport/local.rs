@@ -125,17 +125,8 @@ impl HostExec for LocalTransport {
         let mut child = match super::spawn::spawn_patiently(&mut cmd, until).await.0 {
             Ok(c) => c,
             Err(e) => {
-                return Execution {
-                    stdout: Bytes::new(),
-                    stderr: Bytes::new(),
-                    end: ExecEnd::Failed {
-                        status: HostStatus::TransportError,
-                        message: format!("cannot start {}: {e}", self.shell.display()),
-                    },
-                    started_at,
-                    finished_at: Utc::now(),
-                    transport: BTreeMap::new(),
-                };
+                let why = format!("cannot start {}: {e}", self.shell.display());
+                return Execution::failed(HostStatus::TransportError, why, started_at);
             }
         };
         let pid = child.id();
