@@ -1,6 +1,7 @@
 //! `diffy analyze`: collect then analyse, re-analyse a stored run, or analyse
 //! imported evidence.
 
+use std::io::Write;
 use std::sync::Arc;
 
 use diffy_core::engine::emit_report;
@@ -33,7 +34,7 @@ fn parse_methods(s: &str) -> CliResult<Vec<Method>> {
     Ok(v)
 }
 
-fn analyzer(c: &Common, m: &MethodArgs) -> CliResult<diffy_analysis::Analyzer> {
+pub(crate) fn analyzer(c: &Common, m: &MethodArgs) -> CliResult<diffy_analysis::Analyzer> {
     let d = &c.config.defaults;
     let mut a = diffy_analysis::Analyzer::new();
     if let Some(t) = m.threshold.or(d.threshold) {
@@ -90,6 +91,16 @@ pub(crate) async fn analyze(c: &Common, a: &AnalyzeArgs) -> CliResult<u8> {
     let methods = a.method.method.as_deref().or(d.method.as_deref()).map(parse_methods).transpose()?;
     let show = a.show.unwrap_or(5);
     let sink = c.sink();
+    let source = match (&a.from, &a.import) {
+        (Some(_), _) => Some("--from"),
+        (_, Some(_)) => Some("--import"),
+        _ => None,
+    };
+    if let Some(source) = source {
+        for w in crate::unused::check_reanalysis(source, &a.target, &a.transport, &a.payload, &a.run)? {
+            let _ = writeln!(std::io::stderr(), "warning: {w}");
+        }
+    }
     if let Some(dir) = &a.import {
         if !dir.is_dir() {
             return Err(CliError::new(

@@ -85,8 +85,8 @@ pub struct TargetArgs {
     #[arg(long, env = "DIFFY_TARGET", value_name = "NAME")]
     pub target: Option<String>,
 
-    /// A host, as `ID[=ADDRESS]` (repeatable). With --target ssh-config it
-    /// chooses among the file's Host entries; with asg, it names instance ids.
+    /// A host, as `ID[=ADDRESS]` (repeatable). With --target ssh-config or
+    /// asg it chooses among the target's hosts (an unknown one is an error).
     #[arg(long = "host", value_name = "HOST")]
     pub hosts: Vec<String>,
 
@@ -235,6 +235,10 @@ pub struct BaselineArgs {
     /// Replace the target's existing baseline (its run stays in the store).
     #[arg(long)]
     pub replace: bool,
+
+    /// Take the baseline even from hosts that were outliers of the target's latest run.
+    #[arg(long)]
+    pub force: bool,
 
     #[command(flatten)]
     pub target: TargetArgs,

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use diffy_core::report::Report;
 use diffy_core::{
-    BaselineWrite, CancellationToken, CollectOptions, Engine, EngineBuilder, RunId, RunOptions, RunState, TargetKey,
+    BaselineOptions, BaselineWrite, CancellationToken, CollectOptions, Engine, EngineBuilder, RunId, RunOptions,
+    RunState, TargetKey,
 };
 
 use crate::cli::{
@@ -285,13 +286,17 @@ async fn collect(c: &Common, a: &CollectArgs) -> CliResult<u8> {
 
 async fn baseline(c: &Common, a: &BaselineArgs) -> CliResult<u8> {
     let key = key(&a.key)?;
-    let engine = collecting_engine(c, &a.target, &a.transport, &a.payload, &a.run)?.build()?;
+    // The analysis reads the key's latest run again, to refuse its outliers
+    // as baseline hosts.
+    let analysis = crate::analyze::analyzer(c, &crate::cli::MethodArgs::default())?;
+    let engine = collecting_engine(c, &a.target, &a.transport, &a.payload, &a.run)?.analysis(analysis).build()?;
     let run = run_options(c, &a.run);
     let cancel = CancellationToken::new();
     ctrl_c(cancel.clone());
     let sink = c.sink();
     let mode = if a.replace { BaselineWrite::Replace } else { BaselineWrite::CreateOnly };
-    let result = engine.baseline(&key, &run, mode, &sink, cancel).await;
+    let options = BaselineOptions::default().write(mode).allow_outliers(a.force);
+    let result = engine.baseline(&key, &run, &options, &sink, cancel).await;
     sink.finish();
     let (manifest, record) = result?;
     match c.format {

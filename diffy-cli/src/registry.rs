@@ -318,11 +318,19 @@ pub fn target(
         for t in &s.tags {
             selectors.push(Selector::tag(t)?);
         }
-        let ids: Vec<String> = s.instance_ids.iter().cloned().chain(hosts.iter().map(|h| h.id.to_string())).collect();
-        if !ids.is_empty() {
-            selectors.push(Selector::instances(ids)?);
+        if !s.instance_ids.is_empty() {
+            selectors.push(Selector::instances(s.instance_ids.iter().cloned())?);
         }
-        return Ok(Arc::new(AsgTarget::new(aws.get()?, selectors)));
+        let mut t = AsgTarget::new(aws.get()?, selectors);
+        // --host and --hosts choose among the target's instances, never add to them.
+        let mut chosen: Vec<String> = hosts.iter().map(|h| h.id.to_string()).collect();
+        if let Some(f) = hosts_file {
+            chosen.extend(diffy_core::StaticTarget::from_file(f)?.hosts().iter().map(|h| h.id.to_string()));
+        }
+        if !chosen.is_empty() {
+            t = t.select(chosen);
+        }
+        return Ok(Arc::new(t));
     }
     let _ = (hosts, hosts_file, transport, ssh, aws);
     Err(not_built("target", name))

@@ -4,7 +4,7 @@
 //! a `DIFFY_*` variable or `diffy.toml` is only warned about: those are
 //! often set once for several kinds of run.
 
-use crate::cli::{TargetArgs, TransportArgs};
+use crate::cli::{PayloadArgs, RunArgs, TargetArgs, TransportArgs};
 use crate::config::Config;
 use crate::error::{CliError, CliResult};
 
@@ -127,6 +127,55 @@ pub(crate) fn check(c: Chosen<'_>, t: &TargetArgs, tr: &TransportArgs, config: &
             "diffy.toml's [ssh] settings are not used by --transport {} (only by --transport ssh)",
             c.transport
         ));
+    }
+    Ok(warnings)
+}
+
+/// `analyze --from RUN` and `--import DIR` analyse hosts already collected:
+/// every flag that chooses or reaches hosts, or shapes a collection, is
+/// refused (a `--host` there would seem to narrow the analysis, and a subset
+/// would change what the herd is). The same setting from a `DIFFY_*`
+/// variable is only warned about.
+pub(crate) fn check_reanalysis(
+    source: &str,
+    t: &TargetArgs,
+    tr: &TransportArgs,
+    payload: &PayloadArgs,
+    run: &RunArgs,
+) -> CliResult<Vec<String>> {
+    let c = Chosen { target: "", transport: "", store: "" };
+    let row = |flag, env, set| Setting { flag, env, set, users: "", used: false };
+    let mut rows = vec![
+        row("--target", Some("DIFFY_TARGET"), t.target.is_some()),
+        row("--host", None, !t.hosts.is_empty()),
+        row("--hosts", Some("DIFFY_HOSTS"), t.hosts_file.is_some()),
+        row("--transport", Some("DIFFY_TRANSPORT"), tr.transport.is_some()),
+        row("--concurrency", Some("DIFFY_CONCURRENCY"), tr.concurrency.is_some()),
+        row("--deadline", Some("DIFFY_DEADLINE"), tr.deadline.is_some()),
+        row("--max-output", Some("DIFFY_MAX_OUTPUT"), tr.max_output.is_some()),
+        row("--payload", Some("DIFFY_PAYLOAD"), payload.payload.is_some()),
+        row("--incident-id", Some("DIFFY_INCIDENT_ID"), run.incident_id.is_some()),
+        row("--operator", Some("DIFFY_OPERATOR"), run.operator.is_some()),
+    ];
+    rows.extend(settings(c, t, tr));
+    let mut warnings = Vec::new();
+    for s in rows.into_iter().filter(|s| s.set) {
+        match s.env.filter(|v| std::env::var_os(v).is_some()) {
+            Some(var) => warnings.push(format!("{var} is set, but {source} collects nothing; it is ignored")),
+            None => {
+                return Err(CliError::new(
+                    format!(
+                        "{} chooses or reaches hosts to collect from, and {source} analyses hosts already collected",
+                        s.flag
+                    ),
+                    format!(
+                        "drop {}; {source} analyses every host it holds, since a subset would change what the herd \
+                         is (collect the hosts you want with `diffy analyze KEY` instead)",
+                        s.flag
+                    ),
+                ));
+            }
+        }
     }
     Ok(warnings)
 }

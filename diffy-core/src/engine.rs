@@ -191,6 +191,37 @@ impl RunOptions {
     }
 }
 
+/// How [`Engine::baseline`] makes its run the baseline.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct BaselineOptions {
+    /// Whether an existing baseline may be replaced. Default: it may not.
+    pub write: BaselineWrite,
+    /// Take the baseline even from hosts that were outliers of the key's
+    /// latest survey run. Default: refused.
+    pub allow_outliers: bool,
+}
+
+impl Default for BaselineOptions {
+    fn default() -> Self {
+        Self { write: BaselineWrite::CreateOnly, allow_outliers: false }
+    }
+}
+
+impl BaselineOptions {
+    /// Sets whether an existing baseline may be replaced.
+    pub fn write(mut self, write: BaselineWrite) -> Self {
+        self.write = write;
+        self
+    }
+
+    /// Sets whether outliers of the latest run may be baseline hosts.
+    pub fn allow_outliers(mut self, allow: bool) -> Self {
+        self.allow_outliers = allow;
+        self
+    }
+}
+
 /// How to analyse.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -413,16 +444,24 @@ impl Engine {
 
     /// Collects a baseline run of `key` from its (clean) hosts and makes it the
     /// key's baseline. An existing baseline is replaced only with
-    /// [`BaselineWrite::Replace`]; the check happens before collecting.
+    /// [`BaselineWrite::Replace`]. When the engine has an analysis, hosts that
+    /// were outliers of the key's latest survey run are refused unless
+    /// [`BaselineOptions::allow_outliers`]: a baseline taken from them could
+    /// hold the compromise it should reveal. Both checks happen before
+    /// collecting.
     pub async fn baseline(
         &self,
         key: &TargetKey,
         run: &RunOptions,
-        mode: BaselineWrite,
+        options: &BaselineOptions,
         sink: &dyn EventSink,
         cancel: CancellationToken,
     ) -> Result<(RunManifest, BaselineRecord)> {
+        let mode = options.write;
         let existing = self.store.get_baseline(key).await?;
+        if !options.allow_outliers {
+            self.refuse_outliers_as_baseline(key).await?;
+        }
         if let (Some(old), BaselineWrite::CreateOnly) = (&existing, mode) {
             return Err(Error::AlreadyExists {
                 what: "baseline for target",
@@ -456,6 +495,50 @@ impl Engine {
         };
         self.store.put_baseline(&record, mode).await?;
         Ok((manifest, record))
+    }
+
+    /// Fails when hosts this key would take a baseline from were outliers of
+    /// its latest survey run (analysed again from the store, as `analyze
+    /// --from` would).
+    async fn refuse_outliers_as_baseline(&self, key: &TargetKey) -> Result<()> {
+        let (Some(_), Some(target)) = (&self.analysis, &self.target) else { return Ok(()) };
+        let latest = self
+            .store
+            .list_runs(Some(key))
+            .await?
+            .into_iter()
+            .filter(|r| r.kind == RunKind::Survey && r.counts.collected > 0)
+            .max_by_key(|r| r.started_at);
+        let Some(latest) = latest else { return Ok(()) };
+        let hosts = target.resolve(key).await?.hosts;
+        let report = self.analyze_run(&latest.id, &AnalyzeOptions::default(), &NullSink).await?;
+        let suspect: Vec<&str> = report
+            .outliers()
+            .filter(|o| hosts.iter().any(|h| h.id.as_str() == o.host))
+            .map(|o| o.host.as_str())
+            .collect();
+        if suspect.is_empty() {
+            return Ok(());
+        }
+        let shown = if suspect.len() <= 10 {
+            suspect.join(", ")
+        } else {
+            format!("{}, … {} more", suspect[..10].join(", "), suspect.len() - 10)
+        };
+        Err(Error::invalid_with_help(
+            format!(
+                "{} of the hosts to take the baseline from {} outliers of run {} (the latest run of {key}): {shown}; \
+                 a baseline taken from them could hold the compromise it should reveal",
+                suspect.len(),
+                if suspect.len() == 1 { "was one of the" } else { "were" },
+                latest.id
+            ),
+            format!(
+                "choose hosts you know are clean (see `diffy analyze --from {}`), or pass --force to take the \
+                 baseline from these anyway",
+                latest.id
+            ),
+        ))
     }
 
     async fn collect_kind(

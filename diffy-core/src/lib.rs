@@ -60,7 +60,9 @@ pub mod transport;
 
 pub use analysis::{Analysis, AnalysisInput, BaselineInput, HistoryInput, Observations};
 pub use collection::{CollectEvent, CollectOptions, CollectRequest, Collection, ExecLimits, HostExec, PerHost};
-pub use engine::{AnalyzeOptions, Engine, EngineBuilder, Event, EventSink, NullSink, RunOptions, TOOL_VERSION};
+pub use engine::{
+    AnalyzeOptions, BaselineOptions, Engine, EngineBuilder, Event, EventSink, NullSink, RunOptions, TOOL_VERSION,
+};
 pub use error::{Error, Result};
 pub use names::{Host, HostId, RunId, TargetKey};
 pub use payload::{FilePayload, OsqueryPayload, Payload, PayloadContext, ShellPayload};

@@ -94,18 +94,35 @@ pub fn is_ec2_instance_id(s: &str) -> bool {
     s.strip_prefix("i-").is_some_and(|h| matches!(h.len(), 8 | 17) && h.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
+fn describe_selector(s: &Selector) -> String {
+    match s {
+        Selector::Group(g) => format!("Auto Scaling group {g}"),
+        Selector::Tag { key, values } => format!("tag {key}={}", values.join(",")),
+        Selector::Instances(ids) => format!("instances {}", ids.join(",")),
+    }
+}
+
 /// The AWS target. See the crate documentation.
 #[derive(Clone, Debug)]
 pub struct AsgTarget {
     ctx: AwsContext,
     selectors: Vec<Selector>,
+    only: Option<Vec<String>>,
 }
 
 impl AsgTarget {
     /// A target over `ctx`'s accounts and regions. Without selectors, the
     /// target key is taken as an Auto Scaling group name.
     pub fn new(ctx: AwsContext, selectors: Vec<Selector>) -> Self {
-        Self { ctx, selectors }
+        Self { ctx, selectors, only: None }
+    }
+
+    /// Keeps only these instances among those the selectors find; an id the
+    /// selectors do not find fails the resolution, naming it (a baseline
+    /// from hosts the responder did not choose could hold the compromise).
+    pub fn select(mut self, ids: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.only = Some(ids.into_iter().map(Into::into).collect());
+        self
     }
 
     /// The AWS context.
@@ -405,6 +422,30 @@ impl Target for AsgTarget {
                 }
                 _ => {}
             }
+        }
+        if let Some(only) = &self.only {
+            let unknown: Vec<&str> =
+                only.iter().filter(|id| !out.hosts.iter().any(|h| h.id.as_str() == *id)).map(|s| s.as_str()).collect();
+            if !unknown.is_empty() {
+                let what: Vec<String> = selectors.iter().map(describe_selector).collect();
+                return Err(Error::Plugin {
+                    plugin: PLUGIN.into(),
+                    message: format!(
+                        "{} {} not among the running instances of {} in {where_}",
+                        unknown.join(", "),
+                        if unknown.len() == 1 { "is" } else { "are" },
+                        what.join(" and ")
+                    ),
+                    help: Some(
+                        "--host and --hosts choose among the target's instances; name instances outside it with \
+                         --instance-id"
+                            .into(),
+                    ),
+                    source: None,
+                });
+            }
+            out.hosts.retain(|h| only.iter().any(|id| id == h.id.as_str()));
+            out.not_targeted.retain(|n| only.iter().any(|id| id == n.host.id.as_str()));
         }
         out.hosts.sort_by(|a, b| a.id.cmp(&b.id));
         out.not_targeted.sort_by(|a, b| a.host.id.cmp(&b.host.id));

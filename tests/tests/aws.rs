@@ -133,6 +133,18 @@ async fn asg_targets_in_service_instances_and_lists_the_others_with_their_state(
     assert_eq!(r.hosts.len(), 5);
     assert!(b.iter().all(|id| r.hosts.iter().any(|h| h.id.as_str() == id)));
 
+    // --host chooses among the group's instances, never adds to them: one of
+    // another group, or none at all, is an error naming it.
+    let t = AsgTarget::new(ctx(&moto, AwsOptions::default()), vec![]).select([a[2].clone()]);
+    let r = t.resolve(&"api-v001".parse().unwrap()).await.unwrap();
+    let ids: Vec<&str> = r.hosts.iter().map(|h| h.id.as_str()).collect();
+    assert_eq!(ids, [a[2].as_str()]);
+    assert!(r.not_targeted.is_empty(), "the Standby instance was not chosen: {:?}", r.not_targeted);
+    let t = AsgTarget::new(ctx(&moto, AwsOptions::default()), vec![]).select([a[1].clone(), b[0].clone()]);
+    let e = t.resolve(&"api-v001".parse().unwrap()).await.unwrap_err().to_string();
+    assert!(e.contains(&format!("{} is not among the running instances of Auto Scaling group api-v001", b[0])), "{e}");
+    assert!(!e.contains(&a[1]), "only the unknown one is named: {e}");
+
     // A group that does not exist is an error that names it, not an empty fleet.
     let t = AsgTarget::new(ctx(&moto, AwsOptions::default()), vec![]);
     let e = t.resolve(&"api-v003".parse().unwrap()).await.unwrap_err();

@@ -221,6 +221,35 @@ fn flags_the_chosen_plugins_ignore_are_refused() {
     assert!(r.stderr.contains("warning: DIFFY_SSH_USER is set, but only the ssh transport"), "{}", r.stderr);
 }
 
+/// `analyze --from` and `--import` analyse hosts already collected: a flag
+/// that would choose or reach hosts is refused, not silently ignored.
+#[test]
+fn reanalysis_refuses_flags_that_choose_hosts() {
+    let d = Diffy::new();
+    let r = d.run(&["collect", "web", "--host", "a", "--host", "b", "--format", "json"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let run = r.json()["id"].as_str().unwrap().to_string();
+    std::fs::create_dir_all(d.path("import/hosts")).unwrap();
+    for (args, says) in [
+        (vec!["analyze", "--from", &run, "--host", "a"], "--host chooses or reaches hosts to collect from, and --from"),
+        (vec!["analyze", "--from", &run, "--transport", "ssh"], "--transport chooses or reaches hosts"),
+        (vec!["analyze", "--from", &run, "--ssh-user", "ops"], "--ssh-user chooses or reaches hosts"),
+        (
+            vec!["analyze", "--import", "import", "--hosts", "hosts.txt"],
+            "--hosts chooses or reaches hosts to collect from, and --import",
+        ),
+        (vec!["analyze", "--import", "import", "--payload", "osquery"], "--payload chooses"),
+    ] {
+        let r = d.run(&args);
+        assert_eq!(r.code, 2, "{args:?}: {}", r.stderr);
+        assert!(r.stderr.contains(says), "{args:?}: {}", r.stderr);
+        assert!(r.stderr.contains("a subset would change what the herd is"), "{}", r.stderr);
+    }
+    let r = d.env("DIFFY_TRANSPORT", "ssh").run(&["analyze", "--from", &run, "--method", "cluster"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.contains("warning: DIFFY_TRANSPORT is set, but --from collects nothing"), "{}", r.stderr);
+}
+
 /// Shell completions and the man page come from the same clap definitions.
 #[test]
 fn completions_and_man_page_are_generated() {

@@ -167,3 +167,45 @@ fn ctrl_c_keeps_what_arrived_and_marks_the_run_interrupted() {
     assert_eq!(report.run.unwrap().state, diffy_core::RunState::Interrupted);
     assert_eq!(report.coverage.failed, 2);
 }
+
+/// A baseline is refused from hosts that were outliers of the target's latest
+/// run, naming them, unless `--force`; from other hosts it is taken.
+#[test]
+fn a_baseline_is_not_taken_from_the_latest_runs_outliers() {
+    let d = Diffy::new();
+    let state = d.path("state");
+    let d = d.env("STATE", state.to_str().unwrap());
+    d.write("p.toml", &STATE_PAYLOAD.replace("format = \"lines\"", "format = \"lines\"\nweight = 3.0"));
+    let hosts = ["h1", "h2", "h3", "h4", "h5", "h6"];
+    fleet(&d, &hosts, &["sshd", "cron", "nginx"]);
+    d.write("state/h4", "sshd\ncron\nnginx\n/tmp/.x/backdoor -l 4444\n");
+    let mut args = vec!["analyze", "lab", "--payload", "p.toml", "--method", "cluster"];
+    args.extend(host_args(&hosts));
+    let r = d.run(&args);
+    assert_eq!(r.code, 1, "h4 stands out: {}\n{}", r.stdout, r.stderr);
+
+    let mut args = vec!["baseline", "lab", "--payload", "p.toml"];
+    args.extend(host_args(&["h1", "h4"]));
+    let r = d.run(&args);
+    assert_eq!(r.code, 2, "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.contains("1 of the hosts to take the baseline from was one of the outliers of run"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains(": h4;"), "names the host: {}", r.stderr);
+    assert!(r.stderr.contains("--force"), "{}", r.stderr);
+    // No baseline was set: the next one needs no --replace.
+
+    let mut args = vec!["baseline", "lab", "--payload", "p.toml"];
+    args.extend(host_args(&["h1", "h2"]));
+    let r = d.run(&args);
+    assert_eq!(r.code, 0, "clean hosts: {}", r.stderr);
+    assert!(r.stdout.contains("Taken from 2 hosts: h1, h2."), "{}", r.stdout);
+
+    let mut args = vec!["baseline", "lab", "--payload", "p.toml", "--replace", "--force"];
+    args.extend(host_args(&["h1", "h4"]));
+    let r = d.run(&args);
+    assert_eq!(r.code, 0, "--force takes it anyway: {}", r.stderr);
+    assert!(r.stdout.contains("Taken from 2 hosts: h1, h4."), "{}", r.stdout);
+}
