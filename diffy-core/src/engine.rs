@@ -559,8 +559,18 @@ impl Engine {
         let payload = need(&self.payload, "payload", "call EngineBuilder::payload (e.g. ShellPayload)")?;
         let resolution = target.resolve(key).await?;
         if resolution.hosts.is_empty() {
+            let left: Vec<String> =
+                resolution.not_targeted.iter().take(5).map(|n| format!("{}: {}", n.host.id, n.reason)).collect();
+            let more = resolution.not_targeted.len().saturating_sub(left.len());
             return Err(Error::invalid_with_help(
-                format!("target {key} resolved to no host ({} left out)", resolution.not_targeted.len()),
+                match resolution.not_targeted.len() {
+                    0 => format!("target {key} resolved to no host"),
+                    n => format!(
+                        "target {key} resolved to no host; {n} left out ({}{})",
+                        left.join("; "),
+                        if more > 0 { format!("; {more} more") } else { String::new() }
+                    ),
+                },
                 "name hosts with --host or --hosts FILE, or check the target's name",
             ));
         }

@@ -487,3 +487,107 @@ format = "lines"
     assert!(m.contains("24000") && m.contains("no stdout object at s3://elsewhere/diffy/IR-7/"), "{m}");
     assert_eq!(big.unframed_stdout.len(), 24_000, "the cut output is kept as evidence");
 }
+
+/// The README's AWS lines, run verbatim against moto (EC2, Auto Scaling, S3,
+/// STS) and the scriptable SSM endpoint. The endpoint runs the commands on
+/// this machine, so a small payload comes from `DIFFY_PAYLOAD` (the standard
+/// pack's output would pass SSM's inline limit on every "instance").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readme_commands_against_moto() {
+    use common::readme::Readme;
+    const T: &str = "aws::readme_commands_against_moto";
+    let Some(moto) = Moto::start_or_skip("README commands") else { return };
+    let conf = moto.sdk_config();
+    let v1 = group(&conf, "api-v001", 3).await;
+    let v2 = group(&conf, "api-v002", 2).await;
+    let ec2 = aws_sdk_ec2::Client::new(&conf);
+    let tagged = ec2
+        .run_instances()
+        .image_id(AMI)
+        .instance_type(InstanceType::T3Micro)
+        .min_count(2)
+        .max_count(2)
+        .tag_specifications(
+            TagSpecification::builder()
+                .resource_type(ResourceType::Instance)
+                .tags(Tag::builder().key("Service").value("api").build())
+                .tags(Tag::builder().key("Env").value("prod").build())
+                .build(),
+        )
+        .send()
+        .await
+        .expect("RunInstances");
+    assert_eq!(tagged.instances().len(), 2);
+    moto.create_bucket("bucket").unwrap();
+    let endpoint = SsmEndpoint::start(EndpointOptions::default()).await.unwrap();
+    let d = Diffy::new()
+        .env("AWS_ENDPOINT_URL", &moto.url())
+        .env("AWS_ENDPOINT_URL_SSM", &endpoint.url())
+        .env("AWS_ACCESS_KEY_ID", "AKIDMOTOTEST")
+        .env("AWS_SECRET_ACCESS_KEY", "secret")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("DIFFY_PAYLOAD", "small.toml");
+    d.write(
+        "small.toml",
+        "[[query]]\nname = \"id\"\nshell = 'echo \"$DIFFY_INSTANCE_ID\"; uname -s'\nformat = \"lines\"\n",
+    );
+    d.write("accounts.txt", "123456789012 name=prod\n");
+    d.write("instances.txt", &(v2.join("\n") + "\n"));
+    let readme = Readme::load();
+    let d = Arc::new(d);
+    let sh = |line: String| {
+        let d = d.clone();
+        tokio::task::spawn_blocking(move || d.sh(&line))
+    };
+    let collected = |r: &common::Run, n: usize| {
+        assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+        assert!(r.stdout.contains(&format!(": {n} of {n} hosts collected, 0 failed.")), "{}\n{}", r.stdout, r.stderr);
+    };
+
+    let r = sh(readme.line(
+        "./target/release/diffy collect api-v001 --target asg --transport ssm --store s3://bucket/prefix --incident-id IR-1234",
+        T,
+        &[],
+    ))
+    .await
+    .unwrap();
+    collected(&r, 3);
+    let run = run_id_in(&r.stdout);
+    let r = sh(readme.line(
+        "./target/release/diffy analyze --from RUN --store s3://bucket/prefix --method cluster",
+        T,
+        &[("RUN", &run)],
+    ))
+    .await
+    .unwrap();
+    assert_eq!(r.code, 0, "identical hosts: {}\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("Coverage: 3 of 3 targeted hosts analysed."), "{}", r.stdout);
+    for (line, n) in [
+        ("diffy collect api-v001 --target asg --transport ssm --incident-id IR-1234", 3),
+        ("diffy collect api --target asg --asg api-v001 --asg api-v002 --transport ssm", 5),
+        ("diffy collect api --target asg --tag Service=api --tag Env=prod --transport ssm", 2),
+        (
+            "diffy collect api-v001 --target asg --accounts accounts.txt --region us-east-1 --region eu-west-1 --transport ssm",
+            3,
+        ),
+        ("diffy collect api-v001 --transport ssm --hosts instances.txt --incident-id IR-1234", 2),
+    ] {
+        let r = sh(readme.line(line, T, &[])).await.unwrap();
+        collected(&r, n);
+    }
+    // The README's example id is no instance of this account: said so, exit 2.
+    let r = sh(readme.line("diffy collect ir --target asg --instance-id i-0123456789abcdef0 --transport ssm", T, &[]))
+        .await
+        .unwrap();
+    assert_eq!(r.code, 2, "{}\n{}", r.stdout, r.stderr);
+    assert!(format!("{}{}", r.stdout, r.stderr).contains("no such instance"), "{}\n{}", r.stdout, r.stderr);
+    assert!(v1.iter().chain(&v2).all(|id| !r.stdout.contains(id.as_str())), "only the named instance");
+}
+
+fn run_id_in(text: &str) -> String {
+    text.split(|c: char| c.is_whitespace())
+        .find(|w| w.len() == 23 && w.as_bytes()[8] == b'T' && w.as_bytes()[15] == b'Z')
+        .unwrap_or_else(|| panic!("a run id in {text}"))
+        .to_string()
+}

@@ -269,3 +269,43 @@ fn completions_and_man_page_are_generated() {
     assert!(man.stdout.contains("Exit status: 0 nothing found"), "the man page carries the exit codes");
     assert_eq!(d.run(&["completions", "tcsh"]).code, 2);
 }
+
+/// Every command line of the README is either run by a test (verbatim) or
+/// listed with the reason it cannot be, and the list names nothing the
+/// README no longer has.
+#[test]
+fn every_readme_command_is_run_or_listed() {
+    use common::readme::{COMMANDS, Readme};
+    let readme = Readme::load();
+    assert!(readme.lines.len() >= 20, "{} command lines found", readme.lines.len());
+    let unknown: Vec<String> = readme
+        .lines
+        .iter()
+        .filter(|l| !COMMANDS.iter().any(|(k, _)| *k == l.key))
+        .map(|l| format!("README.md:{}: {}", l.number, l.key))
+        .collect();
+    assert!(
+        unknown.is_empty(),
+        "README commands neither run by a test nor listed in common/readme.rs:\n{}",
+        unknown.join("\n")
+    );
+    let stale: Vec<&str> =
+        COMMANDS.iter().map(|(k, _)| *k).filter(|k| !readme.lines.iter().any(|l| l.key == *k)).collect();
+    assert!(stale.is_empty(), "listed in common/readme.rs but not in the README: {stale:?}");
+}
+
+/// The README's first commands: the main job on the demo fleet.
+#[test]
+fn readme_commands_that_run_anywhere() {
+    let readme = common::readme::Readme::load();
+    let d = Diffy::new();
+    let line = readme.line(
+        "./target/release/diffy analyze --import demo/fleet",
+        "cli::readme_commands_that_run_anywhere",
+        &[],
+    );
+    let r = d.sh(&line);
+    assert_eq!(r.code, 1, "the demo fleet has outliers: {}\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("Coverage: 30 of 30"), "{}", r.stdout);
+    assert!(r.stdout.contains("3 outliers of 30 hosts"), "{}", r.stdout);
+}

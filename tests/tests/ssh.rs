@@ -578,3 +578,74 @@ fn host_flags_choose_among_an_ssh_config_targets_hosts() {
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(r.stderr.contains(&format!("host {unknown} is not a Host entry of")), "{}", r.stderr);
 }
+
+/// The README's fleet lines and its ssh lines, run verbatim on a fleet the
+/// README's own commands start (only `/srv/fleet` is given a directory of
+/// this test's own).
+#[test]
+fn readme_commands_on_the_fleet() {
+    use common::readme::Readme;
+    if !common::fleet::available() {
+        return;
+    }
+    const T: &str = "ssh::readme_commands_on_the_fleet";
+    let readme = Readme::load();
+    let dir = format!("/srv/diffy-readme-{}", std::process::id());
+    let sub = [("/srv/fleet", dir.as_str())];
+    let d = Diffy::new();
+    /// Stops the fleet if the test ends before the README's `down` line.
+    struct Down(String);
+    impl Drop for Down {
+        fn drop(&mut self) {
+            if std::path::Path::new(&self.0).exists() {
+                let _ = std::process::Command::new(common::fleet::SCRIPT)
+                    .args(["down", "--dir", &self.0, "--prefix", "web"])
+                    .status();
+            }
+        }
+    }
+    let run = |key: &str| {
+        let r = d.sh(&readme.line(key, T, &sub));
+        (r.code, r)
+    };
+    let (code, r) = run("sudo tests/fleet/diffy-fleet up 20 --dir /srv/fleet --prefix web");
+    let _down = Down(dir.clone());
+    assert_eq!(code, 0, "{}\n{}", r.stdout, r.stderr);
+    for f in ["ssh_config", "hosts.txt", "known_hosts"] {
+        assert!(std::path::Path::new(&dir).join(f).exists(), "up writes {f}");
+    }
+    let (code, r) = run("sudo tests/fleet/diffy-fleet plant web-4 listener --dir /srv/fleet --prefix web");
+    assert_eq!(code, 0, "{}", r.stderr);
+    let (code, r) = run("sudo tests/fleet/diffy-fleet bastion web-20 --dir /srv/fleet --prefix web");
+    assert_eq!(code, 0, "{}", r.stderr);
+    let jump = std::fs::read_to_string(format!("{dir}/ssh_config.jump")).unwrap();
+    assert!(jump.contains("ProxyJump web-20"), "{jump}");
+
+    let (code, r) = run("diffy analyze web --transport ssh --target ssh-config --ssh-config /srv/fleet/ssh_config");
+    assert_eq!(code, 1, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("Coverage: 20 of 20"), "{}", r.stdout);
+    assert!(r.stdout.contains("1 outlier of 20 hosts") && r.stdout.contains("#1 web-4"), "{}", r.stdout);
+
+    // The other ssh lines, from a directory with the fleet's files, and its
+    // ssh_config as ~/.ssh/config.
+    std::fs::copy(format!("{dir}/ssh_config"), d.path("ssh_config")).unwrap();
+    std::fs::copy(format!("{dir}/hosts.txt"), d.path("hosts.txt")).unwrap();
+    std::fs::create_dir_all(d.path(".ssh")).unwrap();
+    std::fs::copy(format!("{dir}/ssh_config"), d.path(".ssh/config")).unwrap();
+    let (code, r) = run(
+        "./target/release/diffy analyze web --transport ssh --hosts hosts.txt --ssh-config ~/.ssh/config --payload shell --method cluster",
+    );
+    assert_eq!(code, 1, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("#1 web-4"), "{}", r.stdout);
+    let (code, r) = run("diffy analyze web --transport ssh --hosts hosts.txt --ssh-config ssh_config --format json");
+    assert_eq!(code, 1, "{}", r.stderr);
+    let outliers: Vec<String> = r.report().outliers().map(|h| h.host.clone()).collect();
+    assert_eq!(outliers, ["web-4"]);
+    let (code, r) = run("diffy analyze web --transport ssh --target ssh-config --ssh-config ssh_config");
+    assert_eq!(code, 1, "{}", r.stderr);
+    assert!(r.stdout.contains("Coverage: 20 of 20"), "{}", r.stdout);
+
+    let (code, r) = run("sudo tests/fleet/diffy-fleet down --dir /srv/fleet --prefix web");
+    assert_eq!(code, 0, "{}", r.stderr);
+    assert!(!std::path::Path::new(&dir).exists(), "down removes the directory");
+}

@@ -33,13 +33,23 @@ pub fn unavailable() -> Option<String> {
     None
 }
 
+/// Whether fleets can run here; prints why not, and under CI fails instead.
+pub fn available() -> bool {
+    match unavailable() {
+        None => true,
+        Some(why) => {
+            assert!(std::env::var("CI").is_err(), "CI must run the fleet tests, but: {why}");
+            eprintln!("skipping: {why}");
+            false
+        }
+    }
+}
+
 impl Fleet {
     /// Starts `n` hosts named `<tag><pid>-1..n`; `None` (with the reason printed)
     /// where fleets cannot run. Under CI, that is a failure, not a skip.
     pub fn up(n: usize, tag: &str) -> Option<Fleet> {
-        if let Some(why) = unavailable() {
-            assert!(std::env::var("CI").is_err(), "CI must run the fleet tests, but: {why}");
-            eprintln!("skipping: {why}");
+        if !available() {
             return None;
         }
         let prefix = format!("{tag}{}", std::process::id() % 100_000);

@@ -81,8 +81,39 @@ impl Diffy {
         c
     }
 
+    /// Runs a shell command line (a README line) in the scratch directory,
+    /// where `diffy` (on PATH) and `./target/release/diffy` are the binary
+    /// under test, and `demo` and `tests` are the repository's.
+    pub fn sh(&self, line: &str) -> Run {
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let bin_dir = self.path(".bin");
+        if !bin_dir.exists() {
+            std::fs::create_dir_all(self.path("target/release")).unwrap();
+            std::fs::create_dir_all(&bin_dir).unwrap();
+            std::os::unix::fs::symlink(bin(), bin_dir.join("diffy")).unwrap();
+            std::os::unix::fs::symlink(bin(), self.path("target/release/diffy")).unwrap();
+            for d in ["demo", "tests"] {
+                std::os::unix::fs::symlink(repo.join(d), self.path(d)).unwrap();
+            }
+        }
+        let mut c = self.command(&[]);
+        c.env("PATH", format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default()));
+        let mut c2 = Command::new("sh");
+        c2.args(["-c", line]).current_dir(self.dir.path());
+        for (k, v) in c.get_envs() {
+            match v {
+                Some(v) => c2.env(k, v),
+                None => c2.env_remove(k),
+            };
+        }
+        Self::finish(c2.output().unwrap())
+    }
+
     pub fn run(&self, args: &[&str]) -> Run {
-        let out: Output = self.command(args).output().unwrap();
+        Self::finish(self.command(args).output().unwrap())
+    }
+
+    fn finish(out: Output) -> Run {
         let run = Run {
             code: out.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -115,6 +146,7 @@ pub fn filters() -> Vec<(&'static str, &'static str)> {
     ]
 }
 pub mod fleet;
+pub mod readme;
 
 /// Runs `spec` on `hosts` through `t` (its default concurrency, a one-second
 /// grace) and returns the hosts' results in the order they finished.
