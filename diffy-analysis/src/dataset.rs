@@ -8,6 +8,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use diffy_core::report::QueryFailure;
+use diffy_core::vantage::{Unseen, Vantage};
 use diffy_core::{HostStatus, QueryStatus, Row};
 use rustc_hash::{FxHashMap, FxHasher};
 
@@ -254,6 +255,10 @@ pub(crate) struct HostEntry {
     pub message: Option<String>,
     /// (table index, rows).
     pub queries: Vec<(usize, HostQuery)>,
+    /// How the host was collected, when it said.
+    pub vantage: Option<Vantage>,
+    /// Queries that could not read everything, by name.
+    pub unseen: Vec<(String, Unseen)>,
 }
 
 impl HostEntry {
@@ -269,6 +274,16 @@ impl HostEntry {
             HostQuery::Failed(f) => Some(f),
             HostQuery::Rows(_) => None,
         })
+    }
+
+    /// Whether `query` could not read everything on this host.
+    pub(crate) fn unseen_in(&self, query: &str) -> bool {
+        self.unseen.iter().any(|(q, _)| q == query)
+    }
+
+    /// Whether this host's evidence saw only part of what the payload asks.
+    pub(crate) fn partial_view(&self) -> bool {
+        !self.unseen.is_empty() || self.vantage.as_ref().is_some_and(|v| !v.limits().is_empty())
     }
 
     pub(crate) fn usable(&self) -> bool {
@@ -335,7 +350,7 @@ impl Builder {
     ) -> HostSink<'_> {
         HostSink {
             names: (id.clone(), hostname),
-            entry: HostEntry { id, labels, status, message, queries: Vec::new() },
+            entry: HostEntry { id, labels, status, message, queries: Vec::new(), vantage: None, unseen: Vec::new() },
             builder: self,
             role,
         }
@@ -467,6 +482,16 @@ impl HostSink<'_> {
     pub(crate) fn failed(&mut self, query: &str, status: QueryStatus, message: String) {
         let ti = self.builder.table(query);
         self.entry.queries.push((ti, HostQuery::Failed(QueryFailure { query: query.to_string(), status, message })));
+    }
+
+    /// Records how the host was collected.
+    pub(crate) fn vantage(&mut self, v: Option<Vantage>) {
+        self.entry.vantage = v;
+    }
+
+    /// Records what a query could not read.
+    pub(crate) fn unseen(&mut self, query: &str, u: Unseen) {
+        self.entry.unseen.push((query.to_string(), u));
     }
 
     /// Finishes the host.

@@ -207,7 +207,7 @@ fn walk_host(
     } else {
         return Err("the host file has no results object".into());
     }
-    Ok(HostEntry { id, labels, status: HostStatus::Ok, message: None, queries })
+    Ok(HostEntry { id, labels, status: HostStatus::Ok, message: None, queries, vantage: None, unseen: Vec::new() })
 }
 
 /// What was found in an import folder.
@@ -245,6 +245,8 @@ fn failed_entry(id: &str, message: String) -> HostEntry {
         status: HostStatus::InvalidEvidence,
         message: Some(message),
         queries: Vec::new(),
+        vantage: None,
+        unseen: Vec::new(),
     }
 }
 

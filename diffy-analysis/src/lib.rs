@@ -259,7 +259,11 @@ fn add_observation(builder: &mut Builder, role: Role, obs: &HostObservation) {
         obs.status,
         obs.message.clone(),
     );
+    sink.vantage(obs.vantage.clone());
     for q in &obs.queries {
+        if let Some(u) = &q.unseen {
+            sink.unseen(&q.query, u.clone());
+        }
         match &q.outcome {
             QueryOutcome::Rows(rows) => {
                 sink.rows(&q.query, rows.iter().map(|r| r.iter().map(|(c, v)| (c.as_str(), v.as_str())).collect()))

@@ -5,9 +5,11 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use diffy_core::report::{
     BaselineProvenance, Cohort, CohortRow, Coverage, Finding, FindingKind, FleetFinding, HistoryWindow, HostFailure,
-    HostReport, Method, NotTargetedHost, Presence, Prevalence, REPORT_SCHEMA, Report, RunSummary, SuppressedCount,
+    HostReport, Method, NotTargetedHost, Presence, Prevalence, QueryUnseen, QueryVisibility, REPORT_SCHEMA, Report,
+    RunSummary, SuppressedCount, VantageGroup, Visibility,
 };
 use diffy_core::run::NotTargeted;
+use diffy_core::vantage::Vantage;
 use diffy_core::{HostStatus, Row};
 use rayon::prelude::*;
 use rustc_hash::{FxHashMap, FxHashSet};
@@ -438,6 +440,24 @@ pub(crate) fn analyze(builder: Builder, ctx: Context, settings: &Settings, suppr
         }
     }
 
+    // Per table, the hosts that could not read some of it, and where: a row
+    // lying there is unknown on them, not absent (a root host's key under
+    // /root/.ssh is not rare among hosts that could not open /root).
+    let hidden_scope: Vec<Vec<(u32, Vec<String>)>> = tables
+        .iter()
+        .map(|table| {
+            analysed
+                .iter()
+                .enumerate()
+                .filter_map(|(a, &si)| {
+                    let u = survey[si].unseen.iter().find(|(q, _)| *q == table.name)?;
+                    let paths: Vec<String> = u.1.first.iter().filter(|p| p.starts_with('/')).cloned().collect();
+                    (!paths.is_empty()).then_some((a as u32, paths))
+                })
+                .collect()
+        })
+        .collect();
+
     // Findings per host, in parallel: each host reads only shared tables.
     let rules = suppressions.rules().len();
     let score_host = |a: usize, si: usize| -> (HostReport, Vec<usize>) {
@@ -456,7 +476,8 @@ pub(crate) fn analyze(builder: Builder, ctx: Context, settings: &Settings, suppr
                 }
                 let info = &table.rows[r as usize];
                 let k = s.hosts_of_row[r as usize].len();
-                let s_cluster = if cluster_on { rarity(k, nt) } else { 0.0 };
+                let hidden = hidden_on(&hidden_scope[t], &s.hosts_of_row[r as usize], &info.original);
+                let s_cluster = if cluster_on { rarity(k, nt - hidden) } else { 0.0 };
                 let not_in_baseline = s.baseline.as_ref().map(|(b, _, _)| !b.contains(&r));
                 let s_base = match not_in_baseline {
                     Some(true) if nt < MIN_HERD => 1.0,
@@ -541,6 +562,9 @@ pub(crate) fn analyze(builder: Builder, ctx: Context, settings: &Settings, suppr
                         if s_cluster > 0.0 || !methods.contains(&Method::Baseline) {
                             why.push(format!("seen on {prevalence}"));
                         }
+                        if hidden > 0 {
+                            why.push(format!("{hidden} of them could not read where it lies"));
+                        }
                         if s_base > 0.0 {
                             why.push("not in the baseline".to_string());
                         }
@@ -574,9 +598,11 @@ pub(crate) fn analyze(builder: Builder, ctx: Context, settings: &Settings, suppr
                 }
                 candidates.push(Candidate { table: t, finding, raw_score: raw });
             }
-            // Absences of this table.
+            // Absences of this table; none where the query could not read
+            // everything: "not readable" is not "absent".
+            let blind = host.unseen_in(&table.name);
             for &(at, r, s_cluster, s_base) in &absences[a] {
-                if at != t {
+                if at != t || blind {
                     continue;
                 }
                 let info = &table.rows[r as usize];
@@ -667,6 +693,8 @@ pub(crate) fn analyze(builder: Builder, ctx: Context, settings: &Settings, suppr
             findings,
             failed_queries: host.failures().cloned().collect(),
             suppressed,
+            vantage: host.vantage.clone(),
+            unseen: unseen_of(host),
         };
         (report, per_rule)
     };
@@ -732,6 +760,8 @@ pub(crate) fn analyze(builder: Builder, ctx: Context, settings: &Settings, suppr
                 findings: Vec::new(),
                 failed_queries: Vec::new(),
                 suppressed: 0,
+                vantage: None,
+                unseen: Vec::new(),
             });
         }
     }
@@ -848,6 +878,21 @@ pub(crate) fn analyze(builder: Builder, ctx: Context, settings: &Settings, suppr
     let history = ctx.history.as_ref().map(|h| HistoryWindow { days: ctx.history_days, runs: h.runs, since: h.since });
     let mut methods = ctx.methods.clone();
     methods.sort();
+    let visibility = visibility(analysed.iter().map(|&si| {
+        let h = &survey[si];
+        (h.id.clone(), h.vantage.clone(), unseen_of(h), h.partial_view())
+    }));
+    if visibility.mixed_privileges {
+        let ways: Vec<String> = visibility.collected_as.iter().map(|g| format!("{} as {}", g.hosts, g.user)).collect();
+        warnings.insert(
+            0,
+            format!(
+                "hosts were collected with different privileges ({}): rows only some could read look rare on those \
+                 that could; compare hosts collected the same way",
+                ways.join(", ")
+            ),
+        );
+    }
     host_reports.extend(failed_reports);
     Report {
         schema: REPORT_SCHEMA.into(),
@@ -865,6 +910,7 @@ pub(crate) fn analyze(builder: Builder, ctx: Context, settings: &Settings, suppr
         history,
         suppressed,
         warnings,
+        visibility,
     }
 }
 
@@ -881,7 +927,93 @@ fn failed_host(h: &HostEntry, message: Option<String>) -> HostReport {
         findings: Vec::new(),
         failed_queries: h.failures().cloned().collect(),
         suppressed: 0,
+        vantage: h.vantage.clone(),
+        unseen: unseen_of(h),
     }
+}
+
+/// On how many hosts of `scope` (that lack the row) the row's paths lie
+/// where they could not read.
+fn hidden_on(scope: &[(u32, Vec<String>)], with_row: &[u32], row: &Row) -> usize {
+    if scope.is_empty() {
+        return 0;
+    }
+    let under = |v: &str, p: &str| v == p || (v.starts_with(p) && v.as_bytes().get(p.len()) == Some(&b'/'));
+    scope
+        .iter()
+        .filter(|(b, _)| with_row.binary_search(b).is_err())
+        .filter(|(_, prefixes)| row.values().any(|v| v.starts_with('/') && prefixes.iter().any(|p| under(v, p))))
+        .count()
+}
+
+fn unseen_of(h: &HostEntry) -> Vec<QueryUnseen> {
+    h.unseen.iter().map(|(q, u)| QueryUnseen { query: q.clone(), count: u.count, first: u.first.clone() }).collect()
+}
+
+fn who(v: &Vantage) -> String {
+    match (&v.user, v.uid) {
+        (Some(u), Some(id)) => format!("{u} (uid {id})"),
+        (Some(u), None) => u.clone(),
+        (None, Some(id)) => format!("uid {id}"),
+        (None, None) => "unknown".into(),
+    }
+}
+
+/// What the analysed hosts' evidence could not see.
+fn visibility(hosts: impl Iterator<Item = (String, Option<Vantage>, Vec<QueryUnseen>, bool)>) -> Visibility {
+    let mut v = Visibility::default();
+    let mut groups: Vec<VantageGroup> = Vec::new();
+    let mut queries: BTreeMap<String, QueryVisibility> = BTreeMap::new();
+    let mut uids = FxHashSet::default();
+    for (id, vantage, unseen, partial) in hosts {
+        if partial {
+            v.partial += 1;
+        }
+        match &vantage {
+            None => v.unknown += 1,
+            Some(van) => {
+                uids.insert(van.uid);
+                let (user, limits) = (who(van), van.limits());
+                match groups.iter_mut().find(|g| g.user == user && g.limits == limits) {
+                    Some(g) => {
+                        g.hosts += 1;
+                        if g.examples.len() < 5 {
+                            g.examples.push(id.clone());
+                        }
+                    }
+                    None => groups.push(VantageGroup { user, limits, hosts: 1, examples: vec![id.clone()] }),
+                }
+            }
+        }
+        for u in unseen {
+            let q = queries.entry(u.query.clone()).or_insert_with(|| QueryVisibility {
+                query: u.query.clone(),
+                hosts: 0,
+                unseen: 0,
+                first: Vec::new(),
+            });
+            q.hosts += 1;
+            q.unseen += u.count;
+            for f in u.first {
+                if q.first.len() < diffy_core::vantage::UNSEEN_SHOWN && !q.first.contains(&f) {
+                    q.first.push(f);
+                }
+            }
+        }
+    }
+    groups.sort_by(|a, b| b.hosts.cmp(&a.hosts).then_with(|| a.user.cmp(&b.user)));
+    v.collected_as = groups;
+    v.queries = queries.into_values().collect();
+    v.mixed_privileges = uids.len() > 1;
+    if v.partial > 0 {
+        let unprivileged = v.collected_as.iter().any(|g| !g.user.ends_with("(uid 0)") && !g.limits.is_empty());
+        v.advice = Some(if unprivileged {
+            "collect again as root (--sudo with the ssh transport) to see what was hidden".into()
+        } else {
+            "see each host's vantage and unseen items: what was hidden may hold what you are looking for".into()
+        });
+    }
+    v
 }
 
 /// Labels every cohort host has with the same value, that not every host has.

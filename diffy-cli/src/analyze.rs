@@ -10,7 +10,7 @@ use diffy_core::{AnalyzeOptions, CancellationToken, Engine, RunId, TargetKey};
 
 use crate::cli::{AnalyzeArgs, Format, MethodArgs};
 use crate::commands::{Common, collecting_engine, ctrl_c, evidence, key, print_json, run_options};
-use crate::error::{CliError, CliResult, EXIT_CLEAN, EXIT_INTERRUPTED, EXIT_OUTLIERS, EXIT_TROUBLE};
+use crate::error::{CliError, CliResult, EXIT_CLEAN, EXIT_INTERRUPTED, EXIT_OUTLIERS, EXIT_PARTIAL_VIEW, EXIT_TROUBLE};
 use crate::output::{self, CliSink};
 use crate::registry;
 
@@ -68,6 +68,8 @@ fn report_code(r: &Report) -> u8 {
         EXIT_OUTLIERS
     } else if r.coverage.collected == 0 {
         EXIT_TROUBLE
+    } else if r.partial_view() {
+        EXIT_PARTIAL_VIEW
     } else {
         EXIT_CLEAN
     }

@@ -18,7 +18,7 @@ pub enum Format {
 }
 
 const AFTER_HELP: &str = "\
-Exit status: 0 nothing found, 1 outliers found, 2 trouble (an unusable argument, or no host could be collected), 130 interrupted.
+Exit status: 0 nothing found, 1 outliers found, 2 trouble (an unusable argument, or no host could be collected), 3 nothing found but no host's evidence could see everything (collected without root, say), 130 interrupted.
 Settings come from flags, then DIFFY_* environment variables, then diffy.toml, then defaults.";
 
 /// Diffy: triage for cloud incident response. Runs read-only queries on every

@@ -154,6 +154,46 @@ pub fn report(out: &mut dyn Write, r: &Report, evidence: Option<&str>, show: usi
     out.write_all(terminal_safe(&String::from_utf8_lossy(&text)).as_bytes())
 }
 
+/// What the evidence could not see, first, so that "no outliers" is read
+/// with it.
+fn visibility(out: &mut dyn Write, r: &Report) -> io::Result<()> {
+    let v = &r.visibility;
+    if v.partial == 0 {
+        return Ok(());
+    }
+    writeln!(out, "Could not see everything on {} of {} analysed hosts:", v.partial, r.coverage.collected)?;
+    for g in v.collected_as.iter().filter(|g| !g.limits.is_empty()) {
+        let more = if g.hosts > g.examples.len() { ", …" } else { "" };
+        writeln!(
+            out,
+            "  {}: {} host{} ({}{more})",
+            g.limits.join("; "),
+            g.hosts,
+            if g.hosts == 1 { "" } else { "s" },
+            g.examples.join(", ")
+        )?;
+    }
+    for q in &v.queries {
+        let more = if q.unseen > q.first.len() {
+            format!(" (… {} items over {} host{})", q.unseen, q.hosts, if q.hosts == 1 { "" } else { "s" })
+        } else {
+            String::new()
+        };
+        writeln!(
+            out,
+            "  {} could not read, on {} host{}: {}{more}",
+            q.query,
+            q.hosts,
+            if q.hosts == 1 { "" } else { "s" },
+            q.first.join(", ")
+        )?;
+    }
+    if let Some(a) = &v.advice {
+        writeln!(out, "  Nothing hidden is reported missing; {a}.")?;
+    }
+    Ok(())
+}
+
 fn render_report(out: &mut dyn Write, r: &Report, evidence: Option<&str>, show: usize) -> io::Result<()> {
     match &r.run {
         Some(run) => {
@@ -164,10 +204,19 @@ fn render_report(out: &mut dyn Write, r: &Report, evidence: Option<&str>, show: 
             if run.state != RunState::Complete {
                 write!(out, ", {}", if run.state == RunState::Interrupted { "INTERRUPTED" } else { "NOT FINISHED" })?;
             }
+            if r.partial_view() {
+                write!(out, ", PARTIAL VIEW")?;
+            }
             writeln!(out, ")")?;
         }
-        None => writeln!(out, "Diffy report: imported from {}", r.imported_from.as_deref().unwrap_or("?"))?,
+        None => writeln!(
+            out,
+            "Diffy report: imported from {}{}",
+            r.imported_from.as_deref().unwrap_or("?"),
+            if r.partial_view() { " (PARTIAL VIEW)" } else { "" }
+        )?,
     }
+    visibility(out, r)?;
     writeln!(
         out,
         "Methods: {}. Outlier threshold: score {}.",
@@ -192,7 +241,13 @@ fn render_report(out: &mut dyn Write, r: &Report, evidence: Option<&str>, show: 
 
     let outliers: Vec<_> = r.outliers().collect();
     if outliers.is_empty() {
-        if missing == 0 {
+        if r.partial_view() {
+            writeln!(
+                out,
+                "No outliers among {} hosts in what their evidence could see, which is not everything (above).",
+                c.collected
+            )?;
+        } else if missing == 0 {
             writeln!(out, "No outliers among {} hosts.", c.collected)?;
         } else {
             writeln!(

@@ -401,6 +401,7 @@ pub fn stored_observations(
                 status: HostStatus::InvalidEvidence,
                 message: Some(message),
                 facts: Default::default(),
+                vantage: None,
                 queries: Vec::new(),
             };
             let result = match store.get_host_result(&run, &host).await {

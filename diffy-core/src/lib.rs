@@ -57,6 +57,7 @@ pub mod script;
 pub mod store;
 pub mod target;
 pub mod transport;
+pub mod vantage;
 
 pub use analysis::{Analysis, AnalysisInput, BaselineInput, HistoryInput, Observations};
 pub use collection::{CollectEvent, CollectOptions, CollectRequest, Collection, ExecLimits, HostExec, PerHost};

@@ -117,6 +117,8 @@ for d in /proc/[0-9]*; do
   e=$(readlink "$d/exe" 2>/dev/null)
   case $e in *"$t"* | *"$nl"*) e=$(printf '%s' "$e" | tr '\t\n' '  ') ;; esac
   c=$(tr '\000\t\n' '   ' < "$d/cmdline" 2>/dev/null)
+  # A command line but no executable: denied (kernel threads have neither).
+  [ -n "$e" ] || [ -z "$c" ] || printf 'diffy-unseen\tpid %s %s\n' "${d#/proc/}" "$n" >&2
   printf '%s\t%s\t%s\t%s\t%s\t%s\n' "${d#/proc/}" "$pp" "$u" "$n" "$e" "${c% }"
 done"#;
 
@@ -129,22 +131,35 @@ for p in $(printf '%s\n' "$o" | grep -o 'pid=[0-9]*' | cut -d= -f2 | sort -u); d
   e=$(readlink "/proc/$p/exe" 2>/dev/null)
   case $e in *"$t"* | *"$nl"*) e=$(printf '%s' "$e" | tr '\t\n' '  ') ;; esac
   printf 'exe\t%s\t%s\n' "$p" "$e"
+done
+# ss names no process for sockets of processes it may not inspect.
+printf '%s\n' "$o" | grep -v -e 'users:(' -e '^Netid' | while read -r _ _ _ _ l _; do
+  [ -z "$l" ] || printf 'diffy-unseen\tlistener %s\n' "$l" >&2
 done"#;
 
-const CRONTAB_SH: &str = r#"for f in /etc/crontab /etc/cron.d/* /var/spool/cron/crontabs/* /var/spool/cron/*; do
-  [ -f "$f" ] && [ -r "$f" ] || continue
+const CRONTAB_SH: &str = r#"for d in /etc/cron.d /var/spool/cron/crontabs /var/spool/cron; do
+  if [ -d "$d" ] && { [ ! -r "$d" ] || [ ! -x "$d" ]; }; then printf 'diffy-unseen\t%s\n' "$d" >&2; fi
+done
+for f in /etc/crontab /etc/cron.d/* /var/spool/cron/crontabs/* /var/spool/cron/*; do
+  [ -f "$f" ] || continue
+  if [ ! -r "$f" ]; then printf 'diffy-unseen\t%s\n' "$f" >&2; continue; fi
   while IFS= read -r l || [ -n "$l" ]; do printf '%s\t%s\n' "$f" "$l"; done < "$f"
 done"#;
 
 const AUTHORIZED_KEYS_SH: &str = r#"while IFS=: read -r u _ uid _ _ home _; do
+  for d in "$home" "$home/.ssh"; do
+    if [ -d "$d" ] && [ ! -x "$d" ]; then printf 'diffy-unseen\t%s\n' "$home/.ssh" >&2; continue 2; fi
+  done
   for f in "$home/.ssh/authorized_keys" "$home/.ssh/authorized_keys2"; do
-    [ -f "$f" ] && [ -r "$f" ] || continue
+    [ -f "$f" ] || continue
+    if [ ! -r "$f" ]; then printf 'diffy-unseen\t%s\n' "$f" >&2; continue; fi
     while IFS= read -r l || [ -n "$l" ]; do printf '%s\t%s\t%s\t%s\n' "$uid" "$u" "$f" "$l"; done < "$f"
   done
 done < /etc/passwd"#;
 
 const SHELL_HISTORY_SH: &str = r#"printf 'username\thistory_file\n'
 while IFS=: read -r u _ _ _ _ home _; do
+  if [ -d "$home" ] && [ ! -x "$home" ]; then printf 'diffy-unseen\t%s\n' "$home" >&2; continue; fi
   for f in .bash_history .zsh_history .sh_history .ash_history .history .python_history .mysql_history; do
     if [ -f "$home/$f" ]; then printf '%s\t%s\n' "$u" "$home/$f"; fi
   done
@@ -157,7 +172,9 @@ for d in /bin /sbin /usr/bin /usr/sbin /usr/local/bin /usr/local/sbin /usr/libex
   [ -d "$d" ] && [ ! -L "$d" ] && set -- "$@" "$d"
 done
 [ $# -gt 0 ] || exit 0
-find "$@" -xdev -type f \( -perm -4000 -o -perm -2000 \) -exec stat -c "%n$t%U$t%G$t%A" {} + 2>/dev/null
+# What find was denied goes to standard error as diffy-unseen lines.
+{ find "$@" -xdev -type f \( -perm -4000 -o -perm -2000 \) -exec stat -c "%n$t%U$t%G$t%A" {} + 2>&1 1>&3 3>&- |
+  sed -n "s/^find: '\\(.*\\)': Permission denied\$/diffy-unseen$t\\1/p" >&2; } 3>&1
 exit 0"#;
 
 const STARTUP_SH: &str = r#"printf 'name\tpath\tsource\tstatus\n'

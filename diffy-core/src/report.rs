@@ -14,6 +14,7 @@ use crate::names::{RunId, TargetKey};
 use crate::query::Row;
 use crate::result::{HostStatus, QueryStatus};
 use crate::run::{RunKind, RunManifest, RunState};
+use crate::vantage::Vantage;
 
 /// The value of [`Report::schema`] for this version of the report.
 pub const REPORT_SCHEMA: &str = "diffy.report/v1";
@@ -182,6 +183,78 @@ pub struct HostReport {
     /// Findings matched by a suppression rule (counted, not scored).
     #[serde(default)]
     pub suppressed: usize,
+    /// How its evidence was collected (user, sudo, `/proc`), when it said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vantage: Option<Vantage>,
+    /// Queries that could not read everything on this host: their rows are
+    /// what the payload could see, and nothing absent from them is reported
+    /// as missing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unseen: Vec<QueryUnseen>,
+}
+
+/// What one query could not read on one host.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QueryUnseen {
+    /// The query.
+    pub query: String,
+    /// How many files, directories or processes it was denied.
+    pub count: usize,
+    /// The first of them.
+    pub first: Vec<String>,
+}
+
+/// What the run's evidence could not see: the first thing a reader must know
+/// before trusting "no outliers".
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Visibility {
+    /// Analysed hosts whose evidence saw only part of what the payload asks
+    /// (a query was denied something, or the collection ran without root,
+    /// under `hidepid` or confined).
+    pub partial: usize,
+    /// Analysed hosts that did not say how they were collected (imported
+    /// evidence, runs of older versions).
+    pub unknown: usize,
+    /// How the analysed hosts were collected, one entry per way.
+    pub collected_as: Vec<VantageGroup>,
+    /// Per query: on how many hosts it could not read everything.
+    pub queries: Vec<QueryVisibility>,
+    /// Whether hosts were collected with different privileges: rows only the
+    /// privileged could read look rare on them.
+    pub mixed_privileges: bool,
+    /// What the reader should do about it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advice: Option<String>,
+}
+
+/// Hosts collected the same way.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VantageGroup {
+    /// User and uid (`root (uid 0)`, `ops (uid 1001)`).
+    pub user: String,
+    /// Limits on what it could see, in words (empty: none known).
+    pub limits: Vec<String>,
+    /// How many hosts.
+    pub hosts: usize,
+    /// The first of them.
+    pub examples: Vec<String>,
+}
+
+/// One query's blind spots across the run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QueryVisibility {
+    /// The query.
+    pub query: String,
+    /// On how many analysed hosts it could not read everything.
+    pub hosts: usize,
+    /// Items denied, summed over those hosts.
+    pub unseen: usize,
+    /// The first items denied (distinct, across hosts).
+    pub first: Vec<String>,
 }
 
 /// Whether a cohort's distinguishing row is present on its hosts or absent.
@@ -417,12 +490,21 @@ pub struct Report {
     /// Things the reader must know to trust the result (a small herd, missing
     /// hosts, an expired suppression).
     pub warnings: Vec<String>,
+    /// What the evidence could not see.
+    #[serde(default)]
+    pub visibility: Visibility,
 }
 
 impl Report {
     /// The hosts marked outlier, in rank order.
     pub fn outliers(&self) -> impl Iterator<Item = &HostReport> {
         self.hosts.iter().filter(|h| h.outlier)
+    }
+
+    /// Whether every analysed host saw only part of what the payload asks:
+    /// "no outliers" on such a run says little.
+    pub fn partial_view(&self) -> bool {
+        self.coverage.collected > 0 && self.visibility.partial == self.coverage.collected
     }
 
     /// The JSON Schema of the report.

@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 
 use crate::names::Host;
 use crate::query::{PayloadSpec, Row};
+use crate::vantage::{Unseen, Vantage};
 
 /// The SHA-256 of `bytes`, hex encoded.
 pub fn sha256_hex(bytes: &[u8]) -> String {
@@ -292,13 +293,21 @@ impl HostResult {
                     Err(e) => QueryOutcome::Failed { status: QueryStatus::Unparseable, message: e.0 },
                 },
             };
-            queries.push(QueryObservation { query: query.name.clone(), outcome });
+            let unseen =
+                self.queries.iter().find(|r| r.name == query.name).and_then(|r| Unseen::from_stderr(&r.stderr));
+            queries.push(QueryObservation { query: query.name.clone(), outcome, unseen });
         }
+        let vantage = self
+            .queries
+            .iter()
+            .find(|r| r.name == crate::script::CONTEXT && r.status == QueryStatus::Ok)
+            .and_then(|r| Vantage::parse(&r.stdout));
         HostObservation {
             host: self.host.clone(),
             status: self.status,
             message: self.message.clone(),
             facts: self.facts.clone(),
+            vantage,
             queries,
         }
     }
@@ -387,9 +396,12 @@ pub enum RawPart<'a> {
 }
 
 /// Whether `name` can name a query's stored output: a valid query name, or
-/// the payload's own `_setup` and `_teardown`.
+/// the payload's own `_setup`, `_teardown` and `_context`.
 fn is_stored_query_name(name: &str) -> bool {
-    name == crate::script::SETUP || name == crate::script::TEARDOWN || crate::names::validate_query_name(name).is_ok()
+    name == crate::script::SETUP
+        || name == crate::script::TEARDOWN
+        || name == crate::script::CONTEXT
+        || crate::names::validate_query_name(name).is_ok()
 }
 
 impl HostRecord {
@@ -475,6 +487,9 @@ pub struct HostObservation {
     pub message: Option<String>,
     /// Facts the host reported (its hostname, used to fold self-references).
     pub facts: HostFacts,
+    /// How the evidence was collected (user, sudo, `/proc`), when the host
+    /// reported it.
+    pub vantage: Option<Vantage>,
     /// One entry per query of the payload.
     pub queries: Vec<QueryObservation>,
 }
@@ -486,6 +501,9 @@ pub struct QueryObservation {
     pub query: String,
     /// Its rows, or why there are none.
     pub outcome: QueryOutcome,
+    /// What it could not read, if it reported anything: its rows are what
+    /// the payload could see, not all there is.
+    pub unseen: Option<Unseen>,
 }
 
 /// Rows, or the reason a query has none to offer.

@@ -44,6 +44,9 @@ use crate::{Error, Result};
 pub const SETUP: &str = "_setup";
 /// The frame name of the payload's teardown commands.
 pub const TEARDOWN: &str = "_teardown";
+/// The frame name of the probe of how the payload runs (user, sudo, `/proc`,
+/// capabilities), which every script runs first; see [`crate::vantage`].
+pub const CONTEXT: &str = "_context";
 
 /// A payload rendered as a script for one run.
 #[derive(Clone, Debug)]
@@ -77,6 +80,7 @@ impl Script {
             spec.hash()
         ));
         s.push_str(PRELUDE.replace("@NONCE@", nonce).replace("@DEADLINE@", &secs.to_string()).as_str());
+        s.push_str(&format!("_dq {CONTEXT} 10 {}\n", quote(crate::vantage::CONTEXT_SH)?));
         if let Some(setup) = &spec.setup {
             s.push_str(&format!("_ds {SETUP} {}\n", quote(setup)?));
         }
@@ -452,6 +456,8 @@ pub fn assemble(host: Host, spec: &PayloadSpec, script: &Script, exec: Execution
     if spec.teardown.is_some() {
         names.push(TEARDOWN);
     }
+    // Run first, kept last: the payload's own results come in its order.
+    names.push(CONTEXT);
     let mut queries = Vec::with_capacity(names.len());
     let mut unframed = frames.unframed;
     let mut results = frames.results;
@@ -519,13 +525,15 @@ pub fn assemble(host: Host, spec: &PayloadSpec, script: &Script, exec: Execution
         unframed.extend_from_slice(&r.stdout);
         unframed.extend_from_slice(&r.stderr);
     }
-    let payload_queries_ok = queries.iter().all(|q| q.status == QueryStatus::Ok);
+    // The context probe tells how the payload ran; it is not one of its queries.
+    let own: Vec<&QueryResult> = queries.iter().filter(|q| q.name != CONTEXT).collect();
+    let payload_queries_ok = own.iter().all(|q| q.status == QueryStatus::Ok);
     let stderr_line = first_line(&exec.stderr);
     let (status, message) = match (&exec.end, frames.ended) {
         (ExecEnd::Failed { status, message }, _) => (*status, Some(message.clone())),
         (_, true) if payload_queries_ok => (HostStatus::Ok, None),
-        (_, true) if queries.iter().any(|q| q.status == QueryStatus::TimedOut) => {
-            let late: Vec<String> = queries
+        (_, true) if own.iter().any(|q| q.status == QueryStatus::TimedOut) => {
+            let late: Vec<String> = own
                 .iter()
                 .filter(|q| matches!(q.status, QueryStatus::TimedOut | QueryStatus::NotRun))
                 .map(|q| format!("{} {}", q.name, q.status))
@@ -533,14 +541,14 @@ pub fn assemble(host: Host, spec: &PayloadSpec, script: &Script, exec: Execution
             (HostStatus::TimedOut, Some(format!("the host's deadline ({deadline}s) passed: {}", late.join(", "))))
         }
         (_, true) => {
-            let failed: Vec<String> = queries
+            let failed: Vec<String> = own
                 .iter()
                 .filter(|q| q.status != QueryStatus::Ok)
                 .map(|q| format!("{} {}", q.name, q.status))
                 .collect();
             (
                 HostStatus::Partial,
-                Some(format!("{} of {} queries failed: {}", failed.len(), queries.len(), failed.join(", "))),
+                Some(format!("{} of {} queries failed: {}", failed.len(), own.len(), failed.join(", "))),
             )
         }
         (ExecEnd::TimedOut, false) => {

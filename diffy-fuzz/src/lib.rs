@@ -65,7 +65,7 @@ pub fn script_output(data: &[u8]) {
             transport: Default::default(),
         };
         let r = assemble(Host::named("h").expect("a valid id"), &spec, &script, exec);
-        assert_eq!(r.queries.len(), spec.queries.len() + 2, "setup, three queries, teardown");
+        assert_eq!(r.queries.len(), spec.queries.len() + 3, "setup, three queries, teardown, the context probe");
         assert!(r.raw_len() <= data.len() as u64 + 6, "no byte invented: {} of {}", r.raw_len(), data.len());
         for q in &r.queries {
             // What analysis does next with collected evidence.

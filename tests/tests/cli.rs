@@ -148,7 +148,9 @@ weight = 2.0
 fn jsonl_is_an_event_stream_ending_with_the_report() {
     let d = Diffy::new();
     let r = d.run(&["analyze", "lab", "--host", "h1", "--host", "h2", "--host", "h3", "--format", "jsonl"]);
-    assert!(r.code == 0 || r.code == 1, "{}", r.stderr);
+    // 3: this machine hides something from the standard pack (a container's
+    // init, say), and the report says so.
+    assert!([0, 1, 3].contains(&r.code), "{}", r.stderr);
     let lines: Vec<serde_json::Value> = r.stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     for (raw, l) in r.stdout.lines().zip(&lines) {
         assert!(raw.starts_with("{\"type\":\""), "every line starts with its type: {raw}");
@@ -246,7 +248,7 @@ fn reanalysis_refuses_flags_that_choose_hosts() {
         assert!(r.stderr.contains("a subset would change what the herd is"), "{}", r.stderr);
     }
     let r = d.env("DIFFY_TRANSPORT", "ssh").run(&["analyze", "--from", &run, "--method", "cluster"]);
-    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!([0, 3].contains(&r.code), "nothing found (3: in a partial view of this machine): {}", r.stderr);
     assert!(r.stderr.contains("warning: DIFFY_TRANSPORT is set, but --from collects nothing"), "{}", r.stderr);
 }
 

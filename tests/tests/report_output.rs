@@ -71,6 +71,11 @@ esac
     let report = json.report();
     assert_eq!(report.hosts[0].host, "web-3");
     assert!(report.hosts[0].outlier);
+    // How this machine ran the payload is each host's evidence, but it
+    // depends on the machine: checked here, redacted below, and tested on
+    // the fleet (ssh::what_an_unprivileged_run_could_not_see_is_said_first).
+    assert!(report.hosts.iter().all(|h| h.vantage.as_ref().is_some_and(|v| v.uid.is_some())), "{:#?}", report.hosts);
+    assert_eq!(report.visibility.unknown, 0);
     settings(&d).bind(|| {
         insta::assert_snapshot!("run_human", human.stdout);
         insta::assert_json_snapshot!("run_json", report, {
@@ -81,6 +86,8 @@ esac
             ".baseline" => "[BASELINE]",
             ".run.operator" => "[OPERATOR]",
             ".hosts[].findings[].row.pid" => "[PID]",
+            ".hosts[].vantage" => "[VANTAGE]",
+            ".visibility" => "[VISIBILITY]",
         });
     });
 }

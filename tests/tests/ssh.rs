@@ -649,3 +649,86 @@ fn readme_commands_on_the_fleet() {
     assert_eq!(code, 0, "{}", r.stderr);
     assert!(!std::path::Path::new(&dir).exists(), "down removes the directory");
 }
+
+/// Collected as an ordinary user, without sudo, the evidence cannot see root's
+/// keys or cron spool: the report says so first (and as data), the run is not
+/// presented as a full one (exit 3, PARTIAL VIEW), and nothing hidden is
+/// reported missing. With --sudo the same run finds both planted hosts.
+#[test]
+fn what_an_unprivileged_run_could_not_see_is_said_first() {
+    if std::process::Command::new("sh").args(["-c", "command -v sudo"]).output().map_or(true, |o| !o.status.success()) {
+        assert!(std::env::var("CI").is_err(), "CI must have sudo installed");
+        return;
+    }
+    let Some(fleet) = Fleet::up(6, "vis") else { return };
+    for h in &fleet.hosts {
+        // As on a stock host: /root private, the cron spool as Debian's cron
+        // package leaves it (1730), an unlocked account with sudo.
+        let out = fleet.exec(
+            h,
+            "chmod 700 /root && mkdir -p /var/spool/cron/crontabs && chmod 1730 /var/spool/cron/crontabs && \
+             useradd -m -p '*' -s /bin/sh ops && mkdir -p ~ops/.ssh && cp /root/.ssh/authorized_keys ~ops/.ssh/ && \
+             chown -R ops ~ops/.ssh && echo 'ops ALL=(ALL) NOPASSWD: ALL' > /etc/sudoers.d/ops && \
+             chmod 440 /etc/sudoers.d/ops",
+        );
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let (keyed, crond) = (fleet.host(2).to_string(), fleet.host(4).to_string());
+    fleet.plant(&keyed, "key");
+    fleet.plant(&crond, "cron");
+    let out = fleet.exec(&crond, "chmod 600 /var/spool/cron/crontabs/root");
+    assert!(out.status.success());
+
+    let d = Diffy::new();
+    let run = |extra: &[&str]| {
+        let mut args: Vec<String> =
+            ["analyze", "fleet", "--payload", "shell", "--method", "cluster", "--ssh-user", "ops"]
+                .map(String::from)
+                .to_vec();
+        args.extend(ssh_args(&fleet));
+        args.extend(extra.iter().map(|s| s.to_string()));
+        d.run(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let human = run(&[]);
+    assert_eq!(human.code, 3, "nothing found, on a partial view:\n{}\n{}", human.stdout, human.stderr);
+    let first = human.stdout.lines().next().unwrap();
+    assert!(first.ends_with(", PARTIAL VIEW)"), "{first}");
+    let second = human.stdout.lines().nth(1).unwrap();
+    assert_eq!(second, "Could not see everything on 6 of 6 analysed hosts:");
+    for says in [
+        "collected as ops (uid ",
+        "without root, although sudo -n would have worked: 6 hosts",
+        "authorized_keys could not read, on 6 hosts: /root/.ssh",
+        "crontab could not read, on 6 hosts: /var/spool/cron/crontabs",
+        "collect again as root (--sudo with the ssh transport)",
+        "No outliers among 6 hosts in what their evidence could see, which is not everything",
+    ] {
+        assert!(human.stdout.contains(says), "{says:?} in:\n{}", human.stdout);
+    }
+
+    let json = run(&["--format", "json"]);
+    assert_eq!(json.code, 3, "{}", json.stderr);
+    let report = json.report();
+    let v = &report.visibility;
+    assert_eq!((v.partial, v.unknown, v.mixed_privileges), (6, 0, false), "{v:#?}");
+    assert_eq!(v.collected_as.len(), 1, "{v:#?}");
+    assert_eq!(v.collected_as[0].hosts, 6);
+    assert!(v.collected_as[0].user.starts_with("ops (uid "), "{v:#?}");
+    let q = |name: &str| v.queries.iter().find(|q| q.query == name).unwrap_or_else(|| panic!("{name} in {v:#?}"));
+    assert_eq!(q("authorized_keys").hosts, 6);
+    assert_eq!(q("crontab").first, ["/var/spool/cron/crontabs"]);
+    let h = report.hosts.iter().find(|h| h.host == keyed).unwrap();
+    let vantage = h.vantage.as_ref().expect("each host says how it was collected");
+    assert_eq!(vantage.user.as_deref(), Some("ops"));
+    assert_eq!(vantage.sudo_available.as_deref(), Some("yes"));
+    assert!(h.unseen.iter().any(|u| u.query == "authorized_keys"), "{h:#?}");
+    assert!(report.hosts.iter().all(|h| !h.outlier), "the plants were out of sight");
+
+    let sudo = run(&["--sudo", "--format", "json"]);
+    assert_eq!(sudo.code, 1, "{}\n{}", sudo.stdout, sudo.stderr);
+    let report = sudo.report();
+    let outliers: BTreeSet<String> = report.outliers().map(|h| h.host.clone()).collect();
+    assert_eq!(outliers, BTreeSet::from([keyed.clone(), crond.clone()]), "{:#?}", report.visibility);
+    let vantage = report.hosts[0].vantage.as_ref().unwrap();
+    assert_eq!((vantage.uid, vantage.sudo_user.as_deref()), (Some(0), Some("ops")));
+}
