@@ -190,6 +190,60 @@ for f in /etc/systemd/system/*.wants/* /etc/init.d/* /etc/rc.local; do
   printf '%s\t%s\t%s\t%s\n' "${f##*/}" "$p" "${f%/*}" enabled
 done"#;
 
+// What osquery's tables could not read, named the shell pack's way (osquery
+// returns only what its caller can read, and says nothing of the rest). Run
+// after `osqueryi`, on its standard error.
+const PROCESSES_PROBE: &str = r#"for d in /proc/[0-9]*; do
+  [ -n "$(tr -d '\000' < "$d/cmdline" 2>/dev/null | head -c 1)" ] || continue
+  readlink "$d/exe" >/dev/null 2>&1 && continue
+  n=$(sed -n 's/^Name:[[:space:]]*//p' "$d/status" 2>/dev/null)
+  printf 'diffy-unseen\tpid %s %s\n' "${d#/proc/}" "$n" >&2
+done"#;
+
+const LISTENING_PROBE: &str = r#"{ ss -H -tulnp 2>/dev/null || true; } | grep -v 'users:(' | while read -r _ _ _ _ l _; do
+  [ -z "$l" ] || printf 'diffy-unseen\tlistener %s\n' "$l" >&2
+done"#;
+
+const CRONTAB_PROBE: &str = r#"for d in /etc/cron.d /var/spool/cron/crontabs /var/spool/cron; do
+  if [ -d "$d" ] && { [ ! -r "$d" ] || [ ! -x "$d" ]; }; then printf 'diffy-unseen\t%s\n' "$d" >&2; fi
+done
+for f in /etc/crontab /etc/cron.d/* /var/spool/cron/crontabs/* /var/spool/cron/*; do
+  if [ -f "$f" ] && [ ! -r "$f" ]; then printf 'diffy-unseen\t%s\n' "$f" >&2; fi
+done"#;
+
+const HOMES_PROBE: &str = r#"while IFS=: read -r _ _ _ _ _ home _; do
+  for d in "$home" "$home/.ssh"; do
+    if [ -d "$d" ] && [ ! -x "$d" ]; then printf 'diffy-unseen\t%s\n' "$home/.ssh" >&2; continue 2; fi
+  done
+  for f in "$home/.ssh/authorized_keys" "$home/.ssh/authorized_keys2"; do
+    if [ -f "$f" ] && [ ! -r "$f" ]; then printf 'diffy-unseen\t%s\n' "$f" >&2; fi
+  done
+done < /etc/passwd"#;
+
+const HISTORY_PROBE: &str = r#"while IFS=: read -r _ _ _ _ _ home _; do
+  if [ -d "$home" ] && [ ! -x "$home" ]; then printf 'diffy-unseen\t%s\n' "$home" >&2; fi
+done < /etc/passwd"#;
+
+const SUID_PROBE: &str = r#"t=$(printf '\t')
+set --
+for d in /bin /sbin /usr/bin /usr/sbin /usr/local/bin /usr/local/sbin /usr/libexec /opt /tmp /var/tmp /dev/shm; do
+  [ -d "$d" ] && [ ! -L "$d" ] && set -- "$@" "$d"
+done
+[ $# -gt 0 ] || exit 0
+find "$@" -xdev -type d ! -readable -prune -print 2>/dev/null | sed "s/^/diffy-unseen$t/" >&2"#;
+
+fn probe_of(name: &str) -> &'static str {
+    match name {
+        "processes" => PROCESSES_PROBE,
+        "listening_ports" => LISTENING_PROBE,
+        "crontab" => CRONTAB_PROBE,
+        "authorized_keys" => HOMES_PROBE,
+        "shell_history" => HISTORY_PROBE,
+        "suid_bin" => SUID_PROBE,
+        _ => "",
+    }
+}
+
 fn file_hashes_sh() -> String {
     // On usr-merged systems /bin and /sbin link to /usr: hash each file once
     // (every /bin and /sbin entry of the list has its /usr twin).
@@ -309,7 +363,16 @@ const STANDARD: &[Standard] = &[
 fn standard_query(s: &Standard, osquery: bool) -> Query {
     let mut q = if osquery {
         let sql = if s.name == "file_hashes" { file_hashes_sql() } else { s.osquery.to_string() };
-        Query::osquery(s.name, sql)
+        match (probe_of(s.name), shlex::try_quote(&sql)) {
+            // osqueryi's exit status is the query's; the probe only adds
+            // diffy-unseen lines to its standard error.
+            (probe, Ok(quoted)) if !probe.is_empty() => Query::shell(
+                s.name,
+                format!("osqueryi --json {quoted}\n_r=$?\n( {probe}\n) </dev/null\nexit $_r"),
+                OutputFormat::Json,
+            ),
+            _ => Query::osquery(s.name, sql),
+        }
     } else {
         let sh = if s.name == "file_hashes" { file_hashes_sh() } else { s.shell.to_string() };
         Query::shell(s.name, sh, s.format)

@@ -311,3 +311,43 @@ fn readme_commands_that_run_anywhere() {
     assert!(r.stdout.contains("Coverage: 30 of 30"), "{}", r.stdout);
     assert!(r.stdout.contains("3 outliers of 30 hosts"), "{}", r.stdout);
 }
+
+/// The osquery pack's tables return only what the caller can read; its
+/// queries name the rest as the shell pack's do. Run as nobody (from root)
+/// with a stand-in `osqueryi` that returns no rows.
+#[test]
+fn the_osquery_pack_says_what_it_could_not_read() {
+    use std::os::unix::fs::PermissionsExt;
+    if !nix::unistd::Uid::effective().is_root() {
+        assert!(std::env::var("CI").is_err(), "CI runs as root");
+        return;
+    }
+    let d = Diffy::new();
+    let bin = d.write("fake/osqueryi", "#!/bin/sh\necho '[]'\n");
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for p in [d.path(""), d.path("fake")] {
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::os::unix::fs::chown(&p, Some(65534), None).unwrap();
+    }
+    let mut c = std::process::Command::new("setpriv");
+    c.args(["--reuid=65534", "--regid=65534", "--clear-groups", common::bin()]);
+    c.args(["analyze", "lab", "--payload", "osquery", "--host", "a", "--host", "b", "--host", "c", "--format", "json"]);
+    let base = d.command(&[]);
+    for (k, v) in base.get_envs() {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+    c.current_dir(d.path("")).env("PATH", format!("{}:/usr/bin:/bin", d.path("fake").display()));
+    let out = c.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "a partial view: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let report: diffy_core::Report = serde_json::from_str(&stdout).unwrap();
+    let v = &report.visibility;
+    assert_eq!(v.partial, 3);
+    assert!(v.collected_as[0].user.starts_with("nobody (uid 65534)"), "{v:#?}");
+    let keys = v.queries.iter().find(|q| q.query == "authorized_keys").unwrap_or_else(|| panic!("{v:#?}"));
+    assert_eq!((keys.hosts, keys.first[0].as_str()), (3, "/root/.ssh"));
+    assert!(v.queries.iter().any(|q| q.query == "shell_history" && q.first[0] == "/root"), "{v:#?}");
+}
