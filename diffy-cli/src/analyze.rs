@@ -99,7 +99,7 @@ pub(crate) async fn analyze(c: &Common, a: &AnalyzeArgs) -> CliResult<u8> {
         _ => None,
     };
     if let Some(source) = source {
-        for w in crate::unused::check_reanalysis(source, &a.target, &a.transport, &a.payload, &a.run)? {
+        for w in crate::unused::check_reanalysis(source, &a.target, &a.transport, &a.payload, &a.run, &c.config)? {
             let _ = writeln!(std::io::stderr(), "warning: {w}");
         }
     }

@@ -142,6 +142,7 @@ pub(crate) fn check_reanalysis(
     tr: &TransportArgs,
     payload: &PayloadArgs,
     run: &RunArgs,
+    config: &Config,
 ) -> CliResult<Vec<String>> {
     let c = Chosen { target: "", transport: "", store: "" };
     let row = |flag, env, set| Setting { flag, env, set, users: "", used: false };
@@ -176,6 +177,28 @@ pub(crate) fn check_reanalysis(
                 ));
             }
         }
+    }
+    let d = &config.defaults;
+    let mut keys: Vec<&str> = [
+        ("target", d.target.is_some()),
+        ("transport", d.transport.is_some()),
+        ("payload", d.payload.is_some()),
+        ("hosts", d.hosts.is_some()),
+        ("concurrency", d.concurrency.is_some()),
+        ("deadline", d.deadline.is_some()),
+        ("max_output", d.max_output.is_some()),
+        ("incident_id", d.incident_id.is_some()),
+        ("operator", d.operator.is_some()),
+    ]
+    .into_iter()
+    .filter(|(_, set)| *set)
+    .map(|(k, _)| k)
+    .collect();
+    if config.ssh != Default::default() {
+        keys.push("[ssh]");
+    }
+    if !keys.is_empty() {
+        warnings.push(format!("diffy.toml's {} are not used: {source} collects nothing", keys.join(", ")));
     }
     Ok(warnings)
 }

@@ -247,9 +247,18 @@ fn reanalysis_refuses_flags_that_choose_hosts() {
         assert!(r.stderr.contains(says), "{args:?}: {}", r.stderr);
         assert!(r.stderr.contains("a subset would change what the herd is"), "{}", r.stderr);
     }
-    let r = d.env("DIFFY_TRANSPORT", "ssh").run(&["analyze", "--from", &run, "--method", "cluster"]);
+    let d = d.env("DIFFY_TRANSPORT", "ssh");
+    let r = d.run(&["analyze", "--from", &run, "--method", "cluster"]);
     assert!([0, 3].contains(&r.code), "nothing found (3: in a partial view of this machine): {}", r.stderr);
     assert!(r.stderr.contains("warning: DIFFY_TRANSPORT is set, but --from collects nothing"), "{}", r.stderr);
+    d.write("diffy.toml", "[defaults]\ntransport = \"ssh\"\nhosts = \"hosts.txt\"\n[ssh]\nuser = \"ops\"\n");
+    let r = d.run(&["analyze", "--from", &run, "--method", "cluster"]);
+    assert!([0, 3].contains(&r.code), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("warning: diffy.toml's transport, hosts, [ssh] are not used: --from collects nothing"),
+        "{}",
+        r.stderr
+    );
 }
 
 /// Shell completions and the man page come from the same clap definitions.
