@@ -286,10 +286,12 @@ async fn collect(c: &Common, a: &CollectArgs) -> CliResult<u8> {
 
 async fn baseline(c: &Common, a: &BaselineArgs) -> CliResult<u8> {
     let key = key(&a.key)?;
+    let engine = collecting_engine(c, &a.target, &a.transport, &a.payload, &a.run)?;
     // The analysis reads the key's latest run again, to refuse its outliers
-    // as baseline hosts.
-    let analysis = crate::analyze::analyzer(c, &crate::cli::MethodArgs::default())?;
-    let engine = collecting_engine(c, &a.target, &a.transport, &a.payload, &a.run)?.analysis(analysis).build()?;
+    // as baseline hosts (a build without it cannot tell them).
+    #[cfg(feature = "analysis")]
+    let engine = engine.analysis(crate::analyze::analyzer(c, &crate::cli::MethodArgs::default())?);
+    let engine = engine.build()?;
     let run = run_options(c, &a.run);
     let cancel = CancellationToken::new();
     ctrl_c(cancel.clone());

@@ -4,7 +4,7 @@
 //! a `DIFFY_*` variable or `diffy.toml` is only warned about: those are
 //! often set once for several kinds of run.
 
-use crate::cli::{PayloadArgs, RunArgs, TargetArgs, TransportArgs};
+use crate::cli::{TargetArgs, TransportArgs};
 use crate::config::Config;
 use crate::error::{CliError, CliResult};
 
@@ -136,12 +136,13 @@ pub(crate) fn check(c: Chosen<'_>, t: &TargetArgs, tr: &TransportArgs, config: &
 /// refused (a `--host` there would seem to narrow the analysis, and a subset
 /// would change what the herd is). The same setting from a `DIFFY_*`
 /// variable is only warned about.
+#[cfg(feature = "analysis")]
 pub(crate) fn check_reanalysis(
     source: &str,
     t: &TargetArgs,
     tr: &TransportArgs,
-    payload: &PayloadArgs,
-    run: &RunArgs,
+    payload: &crate::cli::PayloadArgs,
+    run: &crate::cli::RunArgs,
     config: &Config,
 ) -> CliResult<Vec<String>> {
     let c = Chosen { target: "", transport: "", store: "" };
