@@ -86,6 +86,16 @@ pub(crate) fn summarise(kind: QueryKind, row: &Row) -> String {
             get(row, "groupname")
         ),
         QueryKind::StartupItems => format!("{} → {}", get(row, "name"), get(row, "path")),
+        QueryKind::Persistence => match get(row, "kind") {
+            "link" => format!("{} → {}", get(row, "path"), get(row, "target")),
+            _ => format!(
+                "{} ({} {}, sha256 {})",
+                get(row, "path"),
+                get(row, "mode"),
+                get(row, "owner"),
+                short(get(row, "sha256"), 16)
+            ),
+        },
         QueryKind::Other => String::new(),
     };
     if s.trim().is_empty() {

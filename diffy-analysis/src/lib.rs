@@ -34,7 +34,7 @@
 //! Each finding contributes `weight × severity × strength`:
 //!
 //! - **weight** of the query, as the payload declares it, else by kind:
-//!   kernel_modules 6, users 4, authorized_keys 4, file_hashes 3, suid_bin 3,
+//!   kernel_modules 6, persistence 5, users 4, authorized_keys 4, file_hashes 3, suid_bin 3,
 //!   crontab 2.5, listening_ports 2, startup_items 2, processes 1, other 1,
 //!   shell_history 0.5;
 //! - **severity** from the row's security indicators ([`indicators`]), 1 when

@@ -43,6 +43,9 @@ pub enum QueryKind {
     SuidBin,
     /// `startup_items`
     StartupItems,
+    /// `persistence`: the files where persistence lives, that differ from a
+    /// stock host.
+    Persistence,
     /// Any other query: generic normalisation and indicators.
     Other,
 }
@@ -61,6 +64,7 @@ impl QueryKind {
             "shell_history" => QueryKind::ShellHistory,
             "suid_bin" => QueryKind::SuidBin,
             "startup_items" => QueryKind::StartupItems,
+            "persistence" => QueryKind::Persistence,
             _ => QueryKind::Other,
         }
     }
@@ -79,6 +83,9 @@ impl QueryKind {
             QueryKind::ShellHistory => 0.5,
             QueryKind::SuidBin => 3.0,
             QueryKind::StartupItems => 2.0,
+            // In an immutable fleet a persistence file on one host alone is
+            // the strongest signal there is: it reaches the threshold by itself.
+            QueryKind::Persistence => 5.0,
             QueryKind::Other => 1.0,
         }
     }

@@ -18,6 +18,7 @@
 //! | `shell_history` | username, history_file |
 //! | `suid_bin` | path, username, groupname, permissions |
 //! | `startup_items` | name, path, source, status |
+//! | `persistence` | path, kind, target, mode, owner, size, sha256, content |
 
 use std::path::Path;
 
@@ -190,6 +191,119 @@ for f in /etc/systemd/system/*.wants/* /etc/init.d/* /etc/rc.local; do
   printf '%s\t%s\t%s\t%s\n' "${f##*/}" "$p" "${f%/*}" enabled
 done"#;
 
+// The files where persistence lives on Linux, that differ from a stock host:
+// every entry of the locations below is listed, then the files a package
+// installed and that still have its checksum (dpkg's md5sums and conffiles)
+// and the links a package shipped are dropped. What is left grows with what
+// was added or changed, not with the size of the host. Without dpkg (rpm
+// hosts), every entry is listed.
+const PERSISTENCE_SH: &str = r#"printf 'path\tkind\ttarget\tmode\towner\tsize\tsha256\tcontent\n'
+t=$(printf '\t')
+# Where persistence lives: system locations, then each user's start-up files.
+{
+  for p in /etc/crontab /etc/anacrontab /etc/cron.d /etc/cron.hourly /etc/cron.daily /etc/cron.weekly \
+    /etc/cron.monthly /var/spool/cron \
+    /etc/systemd/system /etc/systemd/user /etc/systemd/system-generators /etc/systemd/user-generators \
+    /lib/systemd/system /usr/lib/systemd/system /lib/systemd/user /usr/lib/systemd/user /run/systemd/system \
+    /lib/systemd/system-generators /usr/lib/systemd/system-generators /usr/local/lib/systemd \
+    /etc/init.d /etc/rc0.d /etc/rc1.d /etc/rc2.d /etc/rc3.d /etc/rc4.d /etc/rc5.d /etc/rc6.d /etc/rcS.d /etc/rc.local \
+    /etc/profile /etc/profile.d /etc/bash.bashrc /etc/bash.bash_logout /etc/environment /etc/zsh /etc/zshrc \
+    /etc/zprofile /etc/zshenv /etc/ld.so.preload /etc/ld.so.conf /etc/ld.so.conf.d /etc/pam.d /etc/security \
+    /lib/security /lib64/security /lib/x86_64-linux-gnu/security /usr/lib/x86_64-linux-gnu/security \
+    /lib/aarch64-linux-gnu/security /usr/lib/aarch64-linux-gnu/security /usr/lib64/security \
+    /etc/sudoers /etc/sudoers.d /etc/ssh/sshd_config /etc/ssh/sshd_config.d /etc/ssh/sshrc /etc/update-motd.d \
+    /etc/udev/rules.d /lib/udev/rules.d /usr/lib/udev/rules.d /etc/xdg/autostart /etc/apt/apt.conf.d \
+    /etc/yum/pluginconf.d /etc/dnf/plugins /usr/lib/yum-plugins /etc/modules /etc/modules-load.d \
+    /usr/lib/modules-load.d /etc/modprobe.d /lib/modprobe.d /usr/lib/modprobe.d /etc/passwd /etc/group; do
+    [ -e "$p" ] || [ -L "$p" ] || continue
+    # usr-merged: /lib is /usr/lib, listed once.
+    case $p in /lib/*|/lib64/*) [ -L /lib ] && continue ;; esac
+    find "$p" -maxdepth 4 \( -type f -o -type l \) 2>/dev/null
+  done
+  while IFS=: read -r _ _ _ _ _ home _; do
+    case $home in /|"") continue ;; esac
+    for f in .bashrc .profile .bash_profile .bash_login .bash_logout .zshrc .zprofile .zshenv .zlogin .ssh/rc; do
+      [ -f "$home/$f" ] || [ -L "$home/$f" ] && printf '%s\n' "$home/$f"
+    done
+    for d in "$home/.config/autostart" "$home/.config/systemd/user"; do
+      [ -d "$d" ] && find "$d" -maxdepth 3 \( -type f -o -type l \) 2>/dev/null
+    done
+  done < /etc/passwd
+} | grep -v "$t" | sort -u |
+# Files a package installed, unchanged, are the stock host: only the rest is listed.
+{
+  md5=$(command -v md5sum)
+  if [ -n "$md5" ] && [ -d /var/lib/dpkg/info ]; then
+    while IFS= read -r f; do
+      if [ -f "$f" ] && [ ! -L "$f" ]; then printf 'F %s\n' "$(md5sum < "$f" 2>/dev/null | cut -c1-32)$t$f"; else printf 'L -%s%s\n' "$t" "$f"; fi
+    done | awk -v FS="$t" -v merged="$([ -L /lib ] && echo 1)" '
+      function add(p, m) { stock[p] = m; if (merged && p ~ /^\/(lib|lib64|bin|sbin)\//) stock["/usr" p] = m }
+      FILENAME == "-" { k = substr($1, 3); if (!(($2) in stock) || stock[$2] != k) print $2; next }
+      FILENAME ~ /status$/ { if (/^ \//) { n = split($0, w, " "); if (n >= 2) add(w[1], w[2]) } next }
+      FILENAME ~ /md5sums$/ { add("/" substr($0, 35), substr($0, 1, 32)); next }
+      !($0 in stock) { add($0, "-") }
+    ' /var/lib/dpkg/status /var/lib/dpkg/info/*.md5sums /var/lib/dpkg/info/*.list -
+  else
+    cat
+  fi
+} |
+# Each entry: what it is, and for a text file what it runs: its lines but
+# comments and blank ones, tabs and line breaks written as backslash-t and -n (1 KiB, or
+# the first 256 and the last 512 bytes, where additions go; 24 KiB in all).
+{
+  budget=24576
+  while IFS= read -r f; do
+    m=$(stat -c "%F$t%a$t%U:%G$t%s" "$f" 2>/dev/null) || continue
+    k=${m%%"$t"*}; rest=${m#*"$t"}
+    case $k in "symbolic link") k=link ;; "regular file"|"regular empty file") k=file ;; *) k=other ;; esac
+    l=; h=; c=
+    [ "$k" = link ] && { l=$(readlink "$f" 2>/dev/null | tr '\t\n' '  '); l=${l% }; }
+    if [ -f "$f" ]; then
+      h=$(sha256sum < "$f" 2>/dev/null | cut -c1-64)
+      # A link's own target is listed if it differs from stock: no content twice.
+      if [ "$k" = file ] && [ "$f" != /etc/passwd ] && [ "$f" != /etc/group ] && [ "$budget" -gt 0 ] &&
+        grep -Iq . "$f" 2>/dev/null; then
+          c=$(awk 'BEGIN { ORS = ""; h = sprintf("%c", 35) }
+            { l = $0; sub(/^[ \t]+/, "", l) }
+            l == "" || substr(l, 1, 2) == "//" || (substr(l, 1, 1) == h && !(NR == 1 && substr(l, 2, 1) == "!")) { next }
+            { gsub(/\t/, "\\t"); gsub(/\r/, "\\r"); s = s $0 "\\n" }
+            END { if (length(s) > 1024) s = substr(s, 1, 256) " [...] " substr(s, length(s) - 511); print s }' "$f" 2>/dev/null)
+          budget=$((budget - ${#c}))
+      fi
+    fi
+    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$f" "$k" "$l" "$rest" "$h" "$c"
+  done
+}"#;
+
+// osquery's file and hash tables on the same locations (osquery cannot tell
+// a package's files from the others: every entry is listed).
+const PERSISTENCE_SQL: &str = "SELECT f.path, CASE WHEN f.symlink = 1 THEN 'link' WHEN f.type = 'regular' THEN 'file' \
+     ELSE 'other' END AS kind, '' AS target, f.mode, f.uid || ':' || f.gid AS owner, f.size, h.sha256, '' AS content \
+     FROM file f LEFT JOIN hash h USING (path) WHERE f.path LIKE '/etc/crontab' OR f.path LIKE '/etc/anacrontab' \
+      OR f.path LIKE '/etc/cron.d/%%' OR f.path LIKE '/etc/cron.hourly/%%' \
+      OR f.path LIKE '/etc/cron.daily/%%' OR f.path LIKE '/etc/cron.weekly/%%' \
+      OR f.path LIKE '/etc/cron.monthly/%%' OR f.path LIKE '/var/spool/cron/%%' \
+      OR f.path LIKE '/etc/systemd/%%' OR f.path LIKE '/run/systemd/system/%%' \
+      OR f.path LIKE '/usr/local/lib/systemd/%%' OR f.path LIKE '/etc/init.d/%%' \
+      OR f.path LIKE '/etc/rc%.d/%' OR f.path LIKE '/etc/rc.local' OR f.path LIKE '/etc/profile' \
+      OR f.path LIKE '/etc/profile.d/%%' OR f.path LIKE '/etc/bash.bashrc' \
+      OR f.path LIKE '/etc/environment' OR f.path LIKE '/etc/zsh/%%' \
+      OR f.path LIKE '/etc/ld.so.preload' OR f.path LIKE '/etc/ld.so.conf' \
+      OR f.path LIKE '/etc/ld.so.conf.d/%%' OR f.path LIKE '/etc/pam.d/%%' \
+      OR f.path LIKE '/etc/security/%%' OR f.path LIKE '/etc/sudoers' \
+      OR f.path LIKE '/etc/sudoers.d/%%' OR f.path LIKE '/etc/ssh/sshd_config' \
+      OR f.path LIKE '/etc/ssh/sshd_config.d/%%' OR f.path LIKE '/etc/ssh/sshrc' \
+      OR f.path LIKE '/etc/update-motd.d/%%' OR f.path LIKE '/etc/udev/rules.d/%%' \
+      OR f.path LIKE '/etc/xdg/autostart/%%' OR f.path LIKE '/etc/apt/apt.conf.d/%%' \
+      OR f.path LIKE '/etc/yum/pluginconf.d/%%' OR f.path LIKE '/etc/modules' \
+      OR f.path LIKE '/etc/modules-load.d/%%' OR f.path LIKE '/etc/modprobe.d/%%' \
+      OR f.path LIKE '/root/.bashrc' OR f.path LIKE '/root/.profile' \
+      OR f.path LIKE '/root/.bash_profile' OR f.path LIKE '/root/.ssh/rc' \
+      OR f.path LIKE '/home/%/.bashrc' OR f.path LIKE '/home/%/.profile' \
+      OR f.path LIKE '/home/%/.bash_profile' OR f.path LIKE '/home/%/.bash_login' \
+      OR f.path LIKE '/home/%/.zshrc' OR f.path LIKE '/home/%/.ssh/rc' \
+      OR f.path LIKE '/home/%/.config/autostart/%%';";
+
 // What osquery's tables could not read, named the shell pack's way (osquery
 // returns only what its caller can read, and says nothing of the rest). Run
 // after `osqueryi`, on its standard error.
@@ -347,6 +461,16 @@ const STANDARD: &[Standard] = &[
         description: "setuid and setgid binaries",
         osquery: "SELECT path, username, groupname, permissions FROM suid_bin;",
         shell: SUID_SH,
+        format: OutputFormat::Tsv,
+    },
+    Standard {
+        name: "persistence",
+        identity: &["path"],
+        volatile: &[],
+        description: "files where persistence lives (cron, systemd, init, rc files, preload, PAM, sudoers, sshd, \
+                      motd, udev, autostart, package hooks, modules), those that differ from a stock host",
+        osquery: PERSISTENCE_SQL,
+        shell: PERSISTENCE_SH,
         format: OutputFormat::Tsv,
     },
     Standard {

@@ -732,3 +732,66 @@ fn what_an_unprivileged_run_could_not_see_is_said_first() {
     let vantage = report.hosts[0].vantage.as_ref().unwrap();
     assert_eq!((vantage.uid, vantage.sudo_user.as_deref()), (Some(0), Some("ops")));
 }
+
+/// The persistence surface: eleven techniques from public descriptions
+/// (systemd unit, SysV init script and rc link, root's .bashrc, profile.d,
+/// ld.so.preload, PAM, sudoers.d, update-motd.d, udev rule, apt hook,
+/// cron.d), each on its own host of 40: exactly those hosts are the
+/// outliers, each for its persistence file, saying on how many hosts.
+#[test]
+fn forty_hosts_eleven_persistence_techniques_are_exactly_the_outliers() {
+    let Some(fleet) = Fleet::up(40, "per") else { return };
+    let plants = [
+        (3, "systemd", "/etc/systemd/system/dbus-broker-helper.service"),
+        (7, "initd", "/etc/init.d/netplan-helper"),
+        (11, "rcfile", "/root/.bashrc"),
+        (15, "profile", "/etc/profile.d/locale-fix.sh"),
+        (19, "preload", "/etc/ld.so.preload"),
+        (23, "pam", "/etc/pam.d/sshd"),
+        (27, "sudoers", "/etc/sudoers.d/90-cloud-init-compat"),
+        (31, "motd", "/etc/update-motd.d/99-news"),
+        (35, "udev", "/etc/udev/rules.d/75-net-helper.rules"),
+        (38, "apthook", "/etc/apt/apt.conf.d/98update-notifier"),
+        (40, "crond", "/etc/cron.d/sysstat-collect"),
+    ];
+    for (i, kind, _) in plants {
+        fleet.plant(fleet.host(i), kind);
+    }
+    let tmp = OwnTmp::new("per");
+    let d = Diffy::new().env("TMPDIR", tmp.env());
+    let mut args: Vec<String> =
+        ["analyze", "web", "--payload", "shell", "--method", "cluster", "--format", "json"].map(String::from).to_vec();
+    args.extend(ssh_args(&fleet));
+    let r = d.run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let report = r.report();
+    assert_eq!(report.coverage.collected, 40, "{:?}", report.coverage);
+    let outliers: BTreeSet<&str> = report.outliers().map(|h| h.host.as_str()).collect();
+    let planted: BTreeSet<&str> = plants.iter().map(|(i, _, _)| fleet.host(*i)).collect();
+    let scores: Vec<(String, f64)> = report.hosts.iter().map(|h| (h.host.clone(), h.score)).collect();
+    assert_eq!(outliers, planted, "exactly the planted hosts: {scores:?}");
+    for (i, kind, path) in plants {
+        let h = report.hosts.iter().find(|h| h.host == fleet.host(i)).unwrap();
+        let f = h
+            .findings
+            .iter()
+            .find(|f| f.query == "persistence" && f.row.get("path").is_some_and(|p| p == path))
+            .unwrap_or_else(|| panic!("{kind}: a persistence finding for {path}: {:#?}", h.findings));
+        assert_eq!((f.prevalence.hosts, f.prevalence.of), (1, 40), "{kind}: {f:#?}");
+        assert!(f.score >= report.threshold, "{kind}: on its own it reaches the threshold: {f:#?}");
+    }
+    // What they run is read, not only that they exist.
+    let indicators = |i: usize| -> Vec<String> {
+        let h = report.hosts.iter().find(|h| h.host == fleet.host(i)).unwrap();
+        h.findings.iter().filter(|f| f.query == "persistence").flat_map(|f| f.indicators.clone()).collect()
+    };
+    let findings = |i: usize| report.hosts.iter().find(|h| h.host == fleet.host(i)).unwrap().findings.clone();
+    assert!(indicators(3).iter().any(|x| x == "reverse-shell pattern"), "{:#?}", findings(3));
+    assert!(indicators(7).iter().any(|x| x == "downloads and runs code"), "{:#?}", findings(7));
+    assert!(indicators(19).iter().any(|x| x.contains("preload library in a world-writable")), "{:#?}", findings(19));
+    assert!(indicators(23).iter().any(|x| x.contains("pam_succeed_if uid >= 0")), "{:#?}", findings(23));
+    assert!(indicators(27).iter().any(|x| x.contains("passwordless sudo")), "{:#?}", findings(27));
+    for h in report.hosts.iter().filter(|h| !planted.contains(h.host.as_str())) {
+        assert!(h.findings.is_empty(), "identical clean hosts have nothing to say: {h:#?}");
+    }
+}
