@@ -86,6 +86,21 @@ pub(crate) fn summarise(kind: QueryKind, row: &Row) -> String {
             get(row, "groupname")
         ),
         QueryKind::StartupItems => format!("{} → {}", get(row, "name"), get(row, "path")),
+        QueryKind::LoadedCode => {
+            format!("{} ({}) {} {}", get(row, "name"), get(row, "pid"), get(row, "kind"), get(row, "value"))
+        }
+        QueryKind::FileCapabilities => format!("{} {}", get(row, "path"), get(row, "capabilities")),
+        QueryKind::TempFiles => {
+            format!(
+                "{} {} ({} {}, sha256 {})",
+                get(row, "kind"),
+                get(row, "path"),
+                get(row, "mode"),
+                get(row, "owner"),
+                short(get(row, "sha256"), 16)
+            )
+        }
+        QueryKind::Shadow => format!("{}: password {}", get(row, "username"), get(row, "password_state")),
         QueryKind::Persistence => match get(row, "kind") {
             "link" => format!("{} → {}", get(row, "path"), get(row, "target")),
             _ => format!(

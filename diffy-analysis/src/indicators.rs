@@ -326,6 +326,18 @@ fn persistence(row: &Row, c: &mut Collector) {
             c.add(3.0, "grants a capability that amounts to root");
         }
     }
+    if target == "/dev/null" && path.contains("history") {
+        c.add(3.0, "shell history sent to /dev/null");
+    }
+    if content.lines().any(|l| {
+        let l = l.trim();
+        l.starts_with("unset HISTFILE")
+            || l.contains("HISTFILE=/dev/null")
+            || l.contains("HISTSIZE=0")
+            || l.contains("set +o history")
+    }) {
+        c.add(3.0, "disables shell history");
+    }
     if path == "/etc/ld.so.preload" && !content.trim().is_empty() {
         c.add(3.0, "preloads a library into every process");
     }
@@ -438,6 +450,65 @@ pub fn assess(kind: QueryKind, row: &Row, finding: FindingKind) -> Assessment {
         }
         QueryKind::ShellHistory => {}
         QueryKind::Persistence => persistence(row, &mut c),
+        QueryKind::LoadedCode => {
+            let value = get(row, "value");
+            if get(row, "kind") == "environment" {
+                c.add(
+                    4.0,
+                    "a dynamic-linker variable in a process environment (LD_PRELOAD, LD_AUDIT, LD_LIBRARY_PATH)",
+                );
+                if let Some(dir) = mentions_tmp(value) {
+                    c.add(5.0, format!("loads code from a world-writable directory ({dir})"));
+                }
+            } else {
+                executable_path(value, &mut c);
+            }
+        }
+        QueryKind::FileCapabilities => {
+            let path = get(row, "path");
+            let caps = get(row, "capabilities").to_ascii_lowercase();
+            const ROOTISH: &[&str] = &[
+                "cap_setuid",
+                "cap_setgid",
+                "cap_sys_admin",
+                "cap_dac_override",
+                "cap_dac_read_search",
+                "cap_sys_ptrace",
+                "cap_sys_module",
+                "cap_chown",
+                "cap_fowner",
+            ];
+            if let Some(cap) = ROOTISH.iter().find(|c| caps.contains(**c)) {
+                c.add(3.0, format!("a capability that amounts to root ({cap})"));
+                let b = basename(path);
+                let interpreter =
+                    ["python", "perl", "ruby", "node", "php", "lua", "bash", "dash", "zsh", "tar", "vim", "gdb"]
+                        .iter()
+                        .any(|i| b.starts_with(i))
+                        || ["sh", "env", "find", "awk", "busybox"].contains(&b);
+                if interpreter {
+                    c.add(6.0, format!("{cap} on an interpreter or a tool that runs commands ({b})"));
+                }
+            }
+            executable_path(path, &mut c);
+        }
+        QueryKind::TempFiles => {
+            let path = get(row, "path");
+            let mode = u32::from_str_radix(get(row, "mode"), 8).unwrap_or(0);
+            if get(row, "kind") == "file" && mode & 0o111 != 0 {
+                executable_path(path, &mut c);
+            } else if has_hidden_component(path) {
+                c.add(2.5, "hidden file or directory in a path");
+            }
+            if mode & 0o6000 != 0 {
+                c.add(5.0, "setuid or setgid file in a world-writable directory");
+            }
+        }
+        QueryKind::Shadow => {
+            if get(row, "password_state") == "empty" {
+                c.add(5.0, "an account without a password");
+            }
+        }
         QueryKind::Other => {
             for v in row.values() {
                 if v.starts_with('/') && !v.contains(char::is_whitespace) {

@@ -46,6 +46,14 @@ pub enum QueryKind {
     /// `persistence`: the files where persistence lives, that differ from a
     /// stock host.
     Persistence,
+    /// `loaded_code`
+    LoadedCode,
+    /// `file_capabilities`
+    FileCapabilities,
+    /// `temp_files`
+    TempFiles,
+    /// `shadow`
+    Shadow,
     /// Any other query: generic normalisation and indicators.
     Other,
 }
@@ -65,6 +73,10 @@ impl QueryKind {
             "suid_bin" => QueryKind::SuidBin,
             "startup_items" => QueryKind::StartupItems,
             "persistence" => QueryKind::Persistence,
+            "loaded_code" => QueryKind::LoadedCode,
+            "file_capabilities" => QueryKind::FileCapabilities,
+            "temp_files" => QueryKind::TempFiles,
+            "shadow" => QueryKind::Shadow,
             _ => QueryKind::Other,
         }
     }
@@ -86,6 +98,10 @@ impl QueryKind {
             // In an immutable fleet a persistence file on one host alone is
             // the strongest signal there is: it reaches the threshold by itself.
             QueryKind::Persistence => 5.0,
+            QueryKind::LoadedCode => 4.0,
+            QueryKind::FileCapabilities => 4.0,
+            QueryKind::TempFiles => 3.0,
+            QueryKind::Shadow => 3.0,
             QueryKind::Other => 1.0,
         }
     }
@@ -98,6 +114,9 @@ impl QueryKind {
             QueryKind::Crontab => &["minute", "hour", "command"],
             QueryKind::AuthorizedKeys => &["comment"],
             QueryKind::StartupItems => &["name"],
+            // Temporary names (`/tmp/.X1024-lock`, `jna-4711/`) differ per host.
+            QueryKind::TempFiles => &["path"],
+            QueryKind::LoadedCode => &["name", "value"],
             _ => &[],
         }
     }

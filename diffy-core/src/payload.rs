@@ -19,6 +19,12 @@
 //! | `suid_bin` | path, username, groupname, permissions |
 //! | `startup_items` | name, path, source, status |
 //! | `persistence` | path, kind, target, mode, owner, size, sha256, content |
+//! | `loaded_code` | pid, name, kind, value |
+//! | `file_capabilities` | path, capabilities |
+//! | `temp_files` | path, kind, mode, owner, size, sha256 |
+//! | `shadow` | username, password_state, last_change, max_days |
+//!
+//! The last four are shell in both packs: no osquery table holds them.
 
 use std::path::Path;
 
@@ -225,6 +231,10 @@ t=$(printf '\t')
     for f in .bashrc .profile .bash_profile .bash_login .bash_logout .zshrc .zprofile .zshenv .zlogin .ssh/rc; do
       [ -f "$home/$f" ] || [ -L "$home/$f" ] && printf '%s\n' "$home/$f"
     done
+    # History files made links (to /dev/null) hide what was typed.
+    for f in .bash_history .zsh_history .sh_history .history; do
+      [ -L "$home/$f" ] && printf '%s\n' "$home/$f"
+    done
     for d in "$home/.config/autostart" "$home/.config/systemd/user"; do
       [ -d "$d" ] && find "$d" -maxdepth 3 \( -type f -o -type l \) 2>/dev/null
     done
@@ -303,6 +313,59 @@ const PERSISTENCE_SQL: &str = "SELECT f.path, CASE WHEN f.symlink = 1 THEN 'link
       OR f.path LIKE '/home/%/.bash_profile' OR f.path LIKE '/home/%/.bash_login' \
       OR f.path LIKE '/home/%/.zshrc' OR f.path LIKE '/home/%/.ssh/rc' \
       OR f.path LIKE '/home/%/.config/autostart/%%';";
+
+// Code loaded into processes from outside the system library directories,
+// and the dynamic-linker variables of their environments (only those: an
+// environment holds secrets). One grep per kind over every process.
+const LOADED_CODE_SH: &str = r#"printf 'pid\tname\tkind\tvalue\n'
+t=$(printf '\t')
+{
+  grep -H '' /proc/[0-9]*/comm 2>/dev/null | sed 's|^/proc/\([0-9]*\)/comm:|C\t\1\t|'
+  grep -H '\.so' /proc/[0-9]*/maps 2>/dev/null | awk '{ split($1, a, "/"); v = $6
+    if (v ~ /^\// && v !~ /^\/(usr\/)?(lib|lib64|lib32)\//) print "M\t" a[3] "\t" v ($7 == "(deleted)" ? " (deleted)" : "") }'
+  grep -a -H -o -E '(LD_PRELOAD|LD_LIBRARY_PATH|LD_AUDIT)=[^[:cntrl:]]*' /proc/[0-9]*/environ 2>/dev/null |
+    sed 's|^/proc/\([0-9]*\)/environ:|E\t\1\t|'
+} | awk -F "$t" '$1 == "C" { n[$2] = $3; next }
+  { k = $1 == "M" ? "library" : "environment"; key = $2 SUBSEP k SUBSEP $3
+    if (!(key in seen)) { seen[key] = 1; print $2 "\t" n[$2] "\t" k "\t" $3 } }'"#;
+
+// File capabilities in the binary directories and the writable ones.
+const FILE_CAPABILITIES_SH: &str = r#"printf 'path\tcapabilities\n'
+command -v getcap >/dev/null 2>&1 || { printf 'diffy-unseen\tgetcap is not installed (libcap2-bin)\n' >&2; exit 0; }
+set --
+for d in /bin /sbin /usr/bin /usr/sbin /usr/local/bin /usr/local/sbin /usr/libexec /opt /tmp /var/tmp /dev/shm /home /root; do
+  [ -d "$d" ] && [ ! -L "$d" ] && set -- "$@" "$d"
+done
+[ $# -gt 0 ] || exit 0
+getcap -r "$@" 2>/dev/null | awk '{ c = $NF; $NF = ""; sub(/ +$/, ""); sub(/ =$/, ""); print $0 "\t" c }'"#;
+
+// Executables, setuid/setgid and hidden entries of the writable directories
+// (500 at most), with what they are.
+const TEMP_FILES_SH: &str = r#"printf 'path\tkind\tmode\towner\tsize\tsha256\n'
+t=$(printf '\t')
+set --
+for d in /tmp /var/tmp /dev/shm /run/shm /run/user /var/crash; do [ -d "$d" ] && [ ! -L "$d" ] && set -- "$@" "$d"; done
+[ $# -gt 0 ] || exit 0
+find "$@" -xdev -maxdepth 5 \( -type f \( -perm -u+x -o -perm -g+x -o -perm -o+x -o -name '.*' \) -o -type d -name '.*' \) \
+  ! -name .X11-unix ! -name .ICE-unix ! -name .font-unix ! -name .XIM-unix ! -name .Test-unix 2>/dev/null |
+  grep -v "$t" | head -n 500 | while IFS= read -r f; do
+  m=$(stat -c "%F$t%a$t%U:%G$t%s" "$f" 2>/dev/null) || continue
+  k=${m%%"$t"*}; rest=${m#*"$t"}; h=
+  case $k in "regular file"|"regular empty file") k=file ;; directory) k=dir ;; *) k=other ;; esac
+  [ "$k" = file ] && [ "${rest##*"$t"}" -le 67108864 ] && h=$(sha256sum < "$f" 2>/dev/null | cut -c1-64)
+  printf '%s\t%s\t%s\t%s\n' "$f" "$k" "$rest" "$h"
+done"#;
+
+// Each account's password state from /etc/shadow, never its hash: empty,
+// locked, or the hash's algorithm.
+const SHADOW_SH: &str = r#"printf 'username\tpassword_state\tlast_change\tmax_days\n'
+if [ ! -r /etc/shadow ]; then printf 'diffy-unseen\t/etc/shadow\n' >&2; exit 0; fi
+awk -F: '{ p = $2
+  if (p == "") s = "empty"
+  else if (p ~ /^[!*]/) s = (length(p) > 2 ? "locked (a hash kept)" : "locked")
+  else if (p ~ /^\$/) { q = substr(p, 2); s = "hash " substr(q, 1, index(q, "$") - 1) }
+  else s = "other"
+  print $1 "\t" s "\t" $3 "\t" $5 }' /etc/shadow"#;
 
 // What osquery's tables could not read, named the shell pack's way (osquery
 // returns only what its caller can read, and says nothing of the rest). Run
@@ -474,6 +537,43 @@ const STANDARD: &[Standard] = &[
         format: OutputFormat::Tsv,
     },
     Standard {
+        name: "loaded_code",
+        identity: &["name", "kind", "value"],
+        volatile: &["pid"],
+        description: "shared objects mapped from outside the system library directories, and LD_PRELOAD, \
+                      LD_LIBRARY_PATH, LD_AUDIT in process environments",
+        osquery: "",
+        shell: LOADED_CODE_SH,
+        format: OutputFormat::Tsv,
+    },
+    Standard {
+        name: "file_capabilities",
+        identity: &["path"],
+        volatile: &[],
+        description: "file capabilities (security.capability) in the binary and the writable directories",
+        osquery: "",
+        shell: FILE_CAPABILITIES_SH,
+        format: OutputFormat::Tsv,
+    },
+    Standard {
+        name: "temp_files",
+        identity: &["path"],
+        volatile: &[],
+        description: "executables, setuid/setgid files and hidden entries in the writable directories",
+        osquery: "",
+        shell: TEMP_FILES_SH,
+        format: OutputFormat::Tsv,
+    },
+    Standard {
+        name: "shadow",
+        identity: &["username"],
+        volatile: &[],
+        description: "each account's password state (empty, locked, the hash's algorithm), never the hash",
+        osquery: "",
+        shell: SHADOW_SH,
+        format: OutputFormat::Tsv,
+    },
+    Standard {
         name: "startup_items",
         identity: &["name", "path"],
         volatile: &[],
@@ -485,7 +585,9 @@ const STANDARD: &[Standard] = &[
 ];
 
 fn standard_query(s: &Standard, osquery: bool) -> Query {
-    let mut q = if osquery {
+    // A query without SQL asks osquery's hosts the shell way (no table holds it).
+    let via_osquery = osquery && (!s.osquery.is_empty() || s.name == "file_hashes");
+    let mut q = if via_osquery {
         let sql = if s.name == "file_hashes" { file_hashes_sql() } else { s.osquery.to_string() };
         match (probe_of(s.name), shlex::try_quote(&sql)) {
             // osqueryi's exit status is the query's; the probe only adds
@@ -497,6 +599,14 @@ fn standard_query(s: &Standard, osquery: bool) -> Query {
             ),
             _ => Query::osquery(s.name, sql),
         }
+    } else if osquery {
+        // The osquery pack needs osqueryi on every host; without it, these
+        // fail as its other queries do (exit 127), not answer alone.
+        let sh = format!(
+            "command -v osqueryi >/dev/null 2>&1 || {{ echo 'osqueryi: command not found' >&2; exit 127; }}\n{}",
+            s.shell
+        );
+        Query::shell(s.name, sh, s.format)
     } else {
         let sh = if s.name == "file_hashes" { file_hashes_sh() } else { s.shell.to_string() };
         Query::shell(s.name, sh, s.format)
@@ -607,7 +717,7 @@ mod tests {
         s.validate().unwrap();
         let names = |p: &PayloadSpec| p.queries.iter().map(|q| q.name.clone()).collect::<Vec<_>>();
         assert_eq!(names(&o), names(&s));
-        assert_eq!(o.queries.len(), 10);
+        assert_eq!(o.queries.len(), STANDARD.len());
         assert!(standard_query_named("users").is_some());
         assert!(standard_query_named("nope").is_none());
     }

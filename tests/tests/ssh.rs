@@ -733,13 +733,15 @@ fn what_an_unprivileged_run_could_not_see_is_said_first() {
     assert_eq!((vantage.uid, vantage.sudo_user.as_deref()), (Some(0), Some("ops")));
 }
 
-/// The persistence surface: eleven techniques from public descriptions
+/// The persistence surface: sixteen techniques from public descriptions
 /// (systemd unit, SysV init script and rc link, root's .bashrc, profile.d,
 /// ld.so.preload, PAM, sudoers.d, update-motd.d, udev rule, apt hook,
-/// cron.d), each on its own host of 40: exactly those hosts are the
-/// outliers, each for its persistence file, saying on how many hosts.
+/// cron.d, an LD_PRELOAD process, cap_setuid on perl, history to /dev/null,
+/// an account without password, an executable in /var/tmp), each on its own
+/// host of 40: exactly those hosts are the outliers, each for what was
+/// planted, saying on how many hosts.
 #[test]
-fn forty_hosts_eleven_persistence_techniques_are_exactly_the_outliers() {
+fn forty_hosts_sixteen_persistence_techniques_are_exactly_the_outliers() {
     let Some(fleet) = Fleet::up(40, "per") else { return };
     let plants = [
         (3, "systemd", "/etc/systemd/system/dbus-broker-helper.service"),
@@ -754,6 +756,17 @@ fn forty_hosts_eleven_persistence_techniques_are_exactly_the_outliers() {
         (38, "apthook", "/etc/apt/apt.conf.d/98update-notifier"),
         (40, "crond", "/etc/cron.d/sysstat-collect"),
     ];
+    // Loaded code, file capabilities, history, shadow, writable directories.
+    let others = [
+        (1, "ldenv", "loaded_code", "value", "/dev/shm/.libsys.so"),
+        (5, "capability", "file_capabilities", "path", "/var/tmp/.p/perl"),
+        (9, "history", "persistence", "path", "/root/.bash_history"),
+        (13, "shadow", "shadow", "username", "daemon"),
+        (17, "tmpexec", "temp_files", "path", "/var/tmp/.x/agent"),
+    ];
+    for (i, kind, _, _, _) in others {
+        fleet.plant(fleet.host(i), kind);
+    }
     for (i, kind, _) in plants {
         fleet.plant(fleet.host(i), kind);
     }
@@ -767,7 +780,8 @@ fn forty_hosts_eleven_persistence_techniques_are_exactly_the_outliers() {
     let report = r.report();
     assert_eq!(report.coverage.collected, 40, "{:?}", report.coverage);
     let outliers: BTreeSet<&str> = report.outliers().map(|h| h.host.as_str()).collect();
-    let planted: BTreeSet<&str> = plants.iter().map(|(i, _, _)| fleet.host(*i)).collect();
+    let planted: BTreeSet<&str> =
+        plants.iter().map(|(i, _, _)| fleet.host(*i)).chain(others.iter().map(|o| fleet.host(o.0))).collect();
     let scores: Vec<(String, f64)> = report.hosts.iter().map(|h| (h.host.clone(), h.score)).collect();
     assert_eq!(outliers, planted, "exactly the planted hosts: {scores:?}");
     for (i, kind, path) in plants {
@@ -779,6 +793,14 @@ fn forty_hosts_eleven_persistence_techniques_are_exactly_the_outliers() {
             .unwrap_or_else(|| panic!("{kind}: a persistence finding for {path}: {:#?}", h.findings));
         assert_eq!((f.prevalence.hosts, f.prevalence.of), (1, 40), "{kind}: {f:#?}");
         assert!(f.score >= report.threshold, "{kind}: on its own it reaches the threshold: {f:#?}");
+    }
+    for (i, kind, query, col, needle) in others {
+        let h = report.hosts.iter().find(|h| h.host == fleet.host(i)).unwrap();
+        assert!(
+            h.findings.iter().any(|f| f.query == query && f.row.get(col).is_some_and(|v| v.contains(needle))),
+            "{kind}: {query} {col} {needle}: {:#?}",
+            h.findings
+        );
     }
     // What they run is read, not only that they exist.
     let indicators = |i: usize| -> Vec<String> {
