@@ -384,6 +384,35 @@ pub fn assess(kind: QueryKind, row: &Row, finding: FindingKind) -> Assessment {
             if kthread_like && !path.is_empty() {
                 c.add(4.0, "kernel-thread name with an executable file (masquerading)");
             }
+            // A system daemon's name on an executable elsewhere.
+            const DAEMONS: &[&str] = &[
+                "sshd",
+                "systemd",
+                "cron",
+                "crond",
+                "rsyslogd",
+                "dbus-daemon",
+                "agetty",
+                "systemd-udevd",
+                "udevd",
+                "polkitd",
+                "containerd",
+                "dockerd",
+                "snapd",
+                "atd",
+                "chronyd",
+                "ntpd",
+                "nginx",
+                "apache2",
+                "httpd",
+            ];
+            if !path.is_empty()
+                && DAEMONS.contains(&name)
+                && basename(path.trim_end_matches(" (deleted)")) != name
+                && !SYSTEM_DIRS.iter().any(|d| path.starts_with(d))
+            {
+                c.add(4.0, format!("a system daemon's name ({name}) on an executable elsewhere (masquerading)"));
+            }
         }
         QueryKind::ListeningPorts => {
             executable_path(get(row, "path"), &mut c);
@@ -532,6 +561,16 @@ mod tests {
 
     fn sev(kind: QueryKind, pairs: &[(&str, &str)]) -> f64 {
         assess(kind, &row(pairs), FindingKind::Rare).severity
+    }
+
+    #[test]
+    fn a_daemons_name_on_another_executable_is_masquerading() {
+        let m = |name: &str, path: &str| {
+            assess(QueryKind::Processes, &row(&[("name", name), ("path", path), ("cmdline", name)]), FindingKind::Rare)
+        };
+        assert!(m("sshd", "/var/tmp/.x/agent").indicators.iter().any(|i| i.contains("masquerading")));
+        assert!(m("sshd", "/usr/sbin/sshd").indicators.is_empty());
+        assert!(m("cron", "/opt/cron/cron").indicators.is_empty(), "its own name");
     }
 
     #[test]
