@@ -446,7 +446,8 @@ impl Engine {
     /// Collects a baseline run of `key` from its (clean) hosts and makes it the
     /// key's baseline. An existing baseline is replaced only with
     /// [`BaselineWrite::Replace`]. When the engine has an analysis, hosts that
-    /// were outliers of the key's latest survey run are refused unless
+    /// were outliers of the key's latest survey run (among its hosts, by
+    /// cluster analysis) are refused unless
     /// [`BaselineOptions::allow_outliers`]: a baseline taken from them could
     /// hold the compromise it should reveal. Both checks happen before
     /// collecting.
@@ -499,8 +500,8 @@ impl Engine {
     }
 
     /// Fails when hosts this key would take a baseline from were outliers of
-    /// its latest survey run (analysed again from the store, as `analyze
-    /// --from` would).
+    /// its latest survey run (analysed again from the store by cluster
+    /// analysis, as `analyze --from RUN --method cluster` would).
     async fn refuse_outliers_as_baseline(&self, key: &TargetKey) -> Result<()> {
         let (Some(_), Some(target)) = (&self.analysis, &self.target) else { return Ok(()) };
         let latest = self
@@ -512,7 +513,10 @@ impl Engine {
             .max_by_key(|r| r.started_at);
         let Some(latest) = latest else { return Ok(()) };
         let hosts = target.resolve(key).await?.hosts;
-        let report = self.analyze_run(&latest.id, &AnalyzeOptions::default(), &NullSink).await?;
+        // Against the herd only: after a deploy every host differs from the
+        // old baseline, and replacing it is the point.
+        let options = AnalyzeOptions::default().methods(vec![Method::Cluster]);
+        let report = self.analyze_run(&latest.id, &options, &NullSink).await?;
         let suspect: Vec<&str> = report
             .outliers()
             .filter(|o| hosts.iter().any(|h| h.id.as_str() == o.host))

@@ -333,7 +333,7 @@ t=$(printf '\t')
 const FILE_CAPABILITIES_SH: &str = r#"printf 'path\tcapabilities\n'
 command -v getcap >/dev/null 2>&1 || { printf 'diffy-unseen\tgetcap is not installed (libcap2-bin)\n' >&2; exit 0; }
 set --
-for d in /bin /sbin /usr/bin /usr/sbin /usr/local/bin /usr/local/sbin /usr/libexec /opt /tmp /var/tmp /dev/shm /home /root; do
+for d in /bin /sbin /usr/bin /usr/sbin /usr/local/bin /usr/local/sbin /usr/libexec /opt /tmp /var/tmp /dev/shm; do
   [ -d "$d" ] && [ ! -L "$d" ] && set -- "$@" "$d"
 done
 [ $# -gt 0 ] || exit 0
