@@ -92,6 +92,7 @@ pub(crate) async fn analyze(c: &Common, a: &AnalyzeArgs) -> CliResult<u8> {
     let analysis = analyzer(c, &a.method)?;
     let methods = a.method.method.as_deref().or(d.method.as_deref()).map(parse_methods).transpose()?;
     let show = a.show.unwrap_or(5);
+    crate::commands::max_failed(&a.coverage, 0)?;
     let sink = c.sink();
     let source = match (&a.from, &a.import) {
         (Some(_), _) => Some("--from"),
@@ -117,7 +118,7 @@ pub(crate) async fn analyze(c: &Common, a: &AnalyzeArgs) -> CliResult<u8> {
             .map_err(|e| CliError::plain(format!("the analysis failed: {e}")))??;
         emit_report(&report, &sink);
         print_report(c, &sink, &report, None, show)?;
-        return Ok(report_code(&report));
+        return coverage_code(a, &report);
     }
     let mut options = AnalyzeOptions::default();
     if let Some(m) = methods {
@@ -145,7 +146,7 @@ pub(crate) async fn analyze(c: &Common, a: &AnalyzeArgs) -> CliResult<u8> {
         let engine = Engine::builder().store_arc(store).analysis_arc(analysis).build()?;
         let report = engine.analyze_run(&run, &options, &sink).await?;
         print_report(c, &sink, &report, Some(&evidence(c, &run)), show)?;
-        return Ok(report_code(&report));
+        return coverage_code(a, &report);
     }
     let key = key(a.key.as_deref().expect("clap requires a key without --from or --import"))?;
     let engine = collecting_engine(c, &a.target, &a.transport, &a.payload, &a.run)?.analysis_arc(analysis).build()?;
@@ -163,7 +164,19 @@ pub(crate) async fn analyze(c: &Common, a: &AnalyzeArgs) -> CliResult<u8> {
     if report.coverage.collected == 0 {
         return Err(no_host_collected(&key, &report));
     }
-    Ok(report_code(&report))
+    coverage_code(a, &report)
+}
+
+/// The report's exit code; when more hosts were not covered than
+/// `--max-failed` allows, 2 instead of "nothing found" (outliers found stay 1:
+/// they need acting on whatever else failed).
+fn coverage_code(a: &AnalyzeArgs, r: &Report) -> CliResult<u8> {
+    let c = &r.coverage;
+    let code = report_code(r);
+    match crate::commands::over_budget(&a.coverage, c.targeted, c.failed + c.missing)? {
+        Some(trouble) if code != EXIT_OUTLIERS => Ok(trouble),
+        _ => Ok(code),
+    }
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ pub enum Format {
 }
 
 const AFTER_HELP: &str = "\
-Exit status: 0 nothing found, 1 outliers found, 2 trouble (an unusable argument, or no host could be collected), 3 nothing found but no host's evidence could see everything (collected without root, say), 130 interrupted.
+Exit status: 0 nothing found, 1 outliers found, 2 trouble (an unusable argument, or no host could be collected), 3 nothing found but no host's evidence could see everything (collected without root, say), 130 interrupted. More hosts failed than --max-failed allows (default 10%): 2.
 Settings come from flags, then DIFFY_* environment variables, then diffy.toml, then defaults.";
 
 /// Diffy: triage for cloud incident response. Runs read-only queries on every
@@ -226,6 +226,16 @@ pub struct RunArgs {
     pub operator: Option<String>,
 }
 
+/// How much failure a run may have before it is trouble.
+#[derive(Debug, Args, Clone, Default)]
+#[command(next_help_heading = "Coverage")]
+pub struct CoverageArgs {
+    /// Hosts that may fail or never report before the run exits 2: a count,
+    /// or a percentage of the targeted hosts, e.g. 0, 5, 10% [default: 10%].
+    #[arg(long, env = "DIFFY_MAX_FAILED", value_name = "N|PERCENT")]
+    pub max_failed: Option<String>,
+}
+
 /// `diffy baseline`.
 #[derive(Debug, Args)]
 pub struct BaselineArgs {
@@ -256,6 +266,8 @@ pub struct CollectArgs {
     /// Target key: what the runs are about (an Auto Scaling group, a service).
     pub key: String,
 
+    #[command(flatten)]
+    pub coverage: CoverageArgs,
     #[command(flatten)]
     pub target: TargetArgs,
     #[command(flatten)]
@@ -313,6 +325,8 @@ pub struct AnalyzeArgs {
 
     #[command(flatten)]
     pub method: MethodArgs,
+    #[command(flatten)]
+    pub coverage: CoverageArgs,
     #[command(flatten)]
     pub target: TargetArgs,
     #[command(flatten)]

@@ -244,6 +244,44 @@ pub(crate) fn print_json<T: serde::Serialize>(value: &T) -> CliResult<()> {
     Ok(())
 }
 
+/// The failure budget of `--max-failed` (a count, or a percentage of the
+/// targeted hosts); 10 % when not given.
+pub(crate) fn max_failed(a: &crate::cli::CoverageArgs, targeted: usize) -> CliResult<usize> {
+    let spec = a.max_failed.as_deref().unwrap_or("10%").trim();
+    let bad = || {
+        CliError::new(
+            format!("--max-failed {spec:?} is neither a count nor a percentage"),
+            "give a number of hosts (5) or a percentage of the targeted hosts (10%)",
+        )
+    };
+    match spec.strip_suffix('%') {
+        Some(p) => {
+            let p: f64 = p.trim().parse().map_err(|_| bad())?;
+            if !(0.0..=100.0).contains(&p) {
+                return Err(bad());
+            }
+            // Rounded up: one lost host of a small fleet is not yet heavy failure.
+            Ok((targeted as f64 * p / 100.0).ceil() as usize)
+        }
+        None => spec.parse().map_err(|_| bad()),
+    }
+}
+
+/// Exit 2 when more hosts failed or never reported than the budget allows,
+/// saying so on standard error (what was printed is kept).
+pub(crate) fn over_budget(a: &crate::cli::CoverageArgs, targeted: usize, not_covered: usize) -> CliResult<Option<u8>> {
+    let budget = max_failed(a, targeted)?;
+    if not_covered > budget {
+        let _ = writeln!(
+            std::io::stderr(),
+            "error: {not_covered} of {targeted} targeted hosts were not covered (failed or never reported), more than \
+             --max-failed allows ({budget}); see their statuses above, or raise --max-failed"
+        );
+        return Ok(Some(EXIT_TROUBLE));
+    }
+    Ok(None)
+}
+
 fn collection_code(m: &diffy_core::RunManifest) -> u8 {
     if m.counts.collected == 0 {
         EXIT_TROUBLE
@@ -256,6 +294,7 @@ fn collection_code(m: &diffy_core::RunManifest) -> u8 {
 
 async fn collect(c: &Common, a: &CollectArgs) -> CliResult<u8> {
     let key = key(&a.key)?;
+    max_failed(&a.coverage, 0)?;
     let engine = collecting_engine(c, &a.target, &a.transport, &a.payload, &a.run)?.build()?;
     let run = run_options(c, &a.run);
     let cancel = CancellationToken::new();
@@ -280,6 +319,11 @@ async fn collect(c: &Common, a: &CollectArgs) -> CliResult<u8> {
                 evidence(c, &manifest.id)
             ),
         ));
+    }
+    if let Some(code) =
+        over_budget(&a.coverage, manifest.counts.targeted, manifest.counts.failed + manifest.counts.missing)?
+    {
+        return Ok(code);
     }
     Ok(collection_code(&manifest))
 }

@@ -207,6 +207,10 @@ fn render_report(out: &mut dyn Write, r: &Report, evidence: Option<&str>, show: 
             if r.partial_view() {
                 write!(out, ", PARTIAL VIEW")?;
             }
+            let not_covered = r.coverage.failed + r.coverage.missing;
+            if not_covered > 0 {
+                write!(out, ", {not_covered} of {} hosts NOT COVERED", r.coverage.targeted)?;
+            }
             writeln!(out, ")")?;
         }
         None => writeln!(

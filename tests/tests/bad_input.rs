@@ -134,3 +134,45 @@ fn output_over_the_limit_is_truncated_and_kept() {
         .sum();
     assert!(kept > 0 && kept <= 1 << 20, "what arrived is kept, up to the limit: {kept}");
 }
+
+/// A run that lost more hosts than --max-failed allows (default 10 %) is not
+/// "nothing found": exit 2, saying how many, and the report's first line says
+/// it too; a wider budget takes the run as it is.
+#[test]
+fn heavy_failure_is_trouble_not_nothing_found() {
+    let d = Diffy::new();
+    d.write(
+        "p.toml",
+        "[[query]]\nname = \"q\"\nformat = \"lines\"\nshell = 'case \"$DIFFY_HOST\" in h1|h2) sleep 30 ;; *) echo same ;; esac'\n",
+    );
+    let hosts: Vec<String> = (1..=10).map(|i| format!("h{i}")).collect();
+    let run = |extra: &[&str]| {
+        let mut args = vec!["analyze", "lab", "--payload", "p.toml", "--deadline", "2s", "--method", "cluster"];
+        for h in &hosts {
+            args.extend(["--host", h.as_str()]);
+        }
+        args.extend(extra);
+        d.run(&args)
+    };
+    let r = run(&[]);
+    assert_eq!(r.code, 2, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.lines().next().unwrap().ends_with(", 2 of 10 hosts NOT COVERED)"), "{}", r.stdout);
+    assert!(
+        r.stderr.contains(
+            "2 of 10 targeted hosts were not covered (failed or never reported), more than --max-failed allows (1)"
+        ),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(run(&["--max-failed", "25%"]).code, 0);
+    assert_eq!(run(&["--max-failed", "2"]).code, 0);
+    let bad = run(&["--max-failed", "lots"]);
+    assert_eq!(bad.code, 2);
+    assert!(bad.stderr.contains("--max-failed \"lots\" is neither a count nor a percentage"), "{}", bad.stderr);
+    let mut args = vec!["collect", "lab", "--payload", "p.toml", "--deadline", "2s"];
+    for h in &hosts {
+        args.extend(["--host", h.as_str()]);
+    }
+    let c = d.run(&args);
+    assert_eq!(c.code, 2, "collect too: {}", c.stderr);
+}

@@ -124,7 +124,12 @@ fn one_corrupt_or_edited_host_does_not_cost_the_others() {
     let text = std::fs::read_to_string(&record).unwrap();
     std::fs::write(&record, text.replace("\"name\": \"probe\"", "\"name\": \"../../../../../../etc/passwd\"")).unwrap();
 
+    // Two of four hosts lost is more than the default --max-failed: exit 2,
+    // with the report whole; a budget of two takes it as it is.
     let r = d.run(&["analyze", "--from", &run, "--format", "json"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("2 of 4 targeted hosts were not covered"), "{}", r.stderr);
+    let r = d.run(&["analyze", "--from", &run, "--format", "json", "--max-failed", "2"]);
     assert!(r.code == 0 || r.code == 1, "{}\n{}", r.code, r.stderr);
     let report = r.report();
     assert_eq!(report.coverage.collected, 2, "a and e are analysed");
