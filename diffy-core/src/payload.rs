@@ -324,12 +324,18 @@ const PERSISTENCE_SQL: &str = "SELECT f.path, CASE WHEN f.symlink = 1 THEN 'link
 const LOADED_CODE_SH: &str = r#"printf 'pid\tname\tkind\tvalue\n'
 t=$(printf '\t')
 {
+  # The payload's own processes (DIFFY_QUERY=1) carry its caller's environment: left out.
+  grep -a -l 'DIFFY_QUERY=1' /proc/[0-9]*/environ 2>/dev/null | sed 's|^/proc/\([0-9]*\)/environ$|O\t\1|'
   grep -H '' /proc/[0-9]*/comm 2>/dev/null | sed 's|^/proc/\([0-9]*\)/comm:|C\t\1\t|'
   grep -H '\.so' /proc/[0-9]*/maps 2>/dev/null | awk '{ split($1, a, "/"); v = $6
-    if (v ~ /^\// && v !~ /^\/(usr\/)?(lib|lib64|lib32)\//) print "M\t" a[3] "\t" v ($7 == "(deleted)" ? " (deleted)" : "") }'
+    if (v ~ /^\// && v ~ /\.so(\.[0-9]+)*$/ && v !~ /^\/(usr\/)?(lib|lib64|lib32)\//)
+      print "M\t" a[3] "\t" v ($7 == "(deleted)" ? " (deleted)" : "") }'
   grep -a -H -o -E '(LD_PRELOAD|LD_LIBRARY_PATH|LD_AUDIT)=[^[:cntrl:]]*' /proc/[0-9]*/environ 2>/dev/null |
     sed 's|^/proc/\([0-9]*\)/environ:|E\t\1\t|'
-} | awk -F "$t" '$1 == "C" { n[$2] = $3; next }
+} | awk -F "$t" '$1 == "O" { own[$2] = 1; next }
+  $1 == "C" { n[$2] = $3; next }
+  # Also out: processes started after the names were read (the greps of this query).
+  $2 in own || !($2 in n) { next }
   { k = $1 == "M" ? "library" : "environment"; key = $2 SUBSEP k SUBSEP $3
     if (!(key in seen)) { seen[key] = 1; print $2 "\t" n[$2] "\t" k "\t" $3 } }'"#;
 

@@ -178,6 +178,8 @@ _df() {
   printf '==DIFFY:%s:Q %s %s %s %s %s %s==\n' "$_dn" "$1" "$2" "$4" "$6" "$3" "$_dnow"
   if [ -z "$_dx" ]; then cat "$_dd/o" "$_dd/e"; else head -c "$4" "$_dd/o"; head -c "$6" "$_dd/e"; fi
 }
+# Queries run with DIFFY_QUERY=1, so that queries about processes can leave
+# the payload's own out.
 _dq() {
   _s=$_dnow
   _dc=$1
@@ -186,9 +188,9 @@ _dq() {
   if [ "$2" -gt 0 ] && [ "$2" -lt "$_l" ]; then _l=$2; fi
   printf '==DIFFY:%s:START %s==\n' "$_dn" "$1"
   if [ "$_dt" = 1 ]; then
-    timeout -k 2 "$_l" /bin/sh -c "$3" </dev/null >"$_dd/o" 2>"$_dd/e" 3<&- &
+    DIFFY_QUERY=1 timeout -k 2 "$_l" /bin/sh -c "$3" </dev/null >"$_dd/o" 2>"$_dd/e" 3<&- &
   else
-    /bin/sh -c "$3" </dev/null >"$_dd/o" 2>"$_dd/e" 3<&- &
+    DIFFY_QUERY=1 /bin/sh -c "$3" </dev/null >"$_dd/o" 2>"$_dd/e" 3<&- &
   fi
   _dp=$!
   wait "$_dp"
