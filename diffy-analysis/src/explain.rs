@@ -100,6 +100,9 @@ pub(crate) fn summarise(kind: QueryKind, row: &Row) -> String {
                 short(get(row, "sha256"), 16)
             )
         }
+        QueryKind::HiddenProcesses => {
+            format!("hidden process {} ({}) {}", get(row, "name"), get(row, "path"), get(row, "cmdline"))
+        }
         QueryKind::Shadow => format!("{}: password {}", get(row, "username"), get(row, "password_state")),
         QueryKind::Persistence => match get(row, "kind") {
             "link" => format!("{} → {}", get(row, "path"), get(row, "target")),

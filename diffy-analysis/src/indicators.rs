@@ -531,6 +531,10 @@ pub fn assess(kind: QueryKind, row: &Row, finding: FindingKind) -> Assessment {
                 c.add(5.0, "setuid or setgid file in a world-writable directory");
             }
         }
+        QueryKind::HiddenProcesses => {
+            c.add(6.0, "hidden from the /proc listing (a rootkit hides it)");
+            executable_path(get(row, "path"), &mut c);
+        }
         QueryKind::Shadow => {
             if get(row, "password_state") == "empty" {
                 c.add(5.0, "an account without a password");

@@ -54,6 +54,8 @@ pub enum QueryKind {
     TempFiles,
     /// `shadow`
     Shadow,
+    /// `hidden_processes`
+    HiddenProcesses,
     /// Any other query: generic normalisation and indicators.
     Other,
 }
@@ -77,6 +79,7 @@ impl QueryKind {
             "file_capabilities" => QueryKind::FileCapabilities,
             "temp_files" => QueryKind::TempFiles,
             "shadow" => QueryKind::Shadow,
+            "hidden_processes" => QueryKind::HiddenProcesses,
             _ => QueryKind::Other,
         }
     }
@@ -102,6 +105,7 @@ impl QueryKind {
             QueryKind::FileCapabilities => 5.0,
             QueryKind::TempFiles => 3.0,
             QueryKind::Shadow => 3.0,
+            QueryKind::HiddenProcesses => 6.0,
             QueryKind::Other => 1.0,
         }
     }

@@ -23,8 +23,9 @@
 //! | `file_capabilities` | path, capabilities |
 //! | `temp_files` | path, kind, mode, owner, size, sha256 |
 //! | `shadow` | username, password_state, last_change, max_days |
+//! | `hidden_processes` | pid, name, path, cmdline |
 //!
-//! The last four are shell in both packs: no osquery table holds them.
+//! The last five are shell in both packs: no osquery table holds them.
 
 use std::path::Path;
 
@@ -377,6 +378,38 @@ awk -F: '{ p = $2
   else s = "other"
   print $1 "\t" s "\t" $3 "\t" $5 }' /etc/shadow"#;
 
+// Processes reachable at /proc/PID but left out of the /proc listing: what a
+// readdir hook (an LD_PRELOAD rootkit) does. Every pid up to pid_max is
+// tried (past 262,144, up to the last pid given out); threads are reachable
+// too, but their Tgid is another pid's.
+const HIDDEN_PROCESSES_SH: &str = r#"printf 'pid\tname\tpath\tcmdline\n'
+max=$(cat /proc/sys/kernel/pid_max 2>/dev/null) || max=32768
+lim=$max
+if [ "$lim" -gt 262144 ]; then
+  last=$(cat /proc/sys/kernel/ns_last_pid 2>/dev/null) || last=$lim
+  lim=$((last + 1024))
+  if [ "$lim" -gt 262144 ]; then printf 'diffy-unseen\tpids above 262144 (not walked)\n' >&2; lim=262144; fi
+fi
+listed=" $(cd /proc && echo [0-9]*) "
+i=1
+while [ "$i" -le "$lim" ]; do
+  if [ -d "/proc/$i" ]; then
+    case $listed in *" $i "*) ;; *)
+      t=$(sed -n 's/^Tgid:[[:space:]]*//p' "/proc/$i/status" 2>/dev/null)
+      # A thread is reachable but never listed; a process started since the
+      # listing is listed now.
+      case " $(cd /proc && echo [0-9]*) " in *" $i "*) t= ;; esac
+      if [ "$t" = "$i" ]; then
+        n=$(tr -d '\t\n' < "/proc/$i/comm" 2>/dev/null)
+        e=$(readlink "/proc/$i/exe" 2>/dev/null | tr '\t\n' '  '); e=${e% }
+        c=$(tr '\000\t\n' '   ' < "/proc/$i/cmdline" 2>/dev/null)
+        printf '%s\t%s\t%s\t%s\n' "$i" "$n" "$e" "${c% }"
+      fi ;;
+    esac
+  fi
+  i=$((i + 1))
+done"#;
+
 // What osquery's tables could not read, named the shell pack's way (osquery
 // returns only what its caller can read, and says nothing of the rest). Run
 // after `osqueryi`, on its standard error.
@@ -581,6 +614,15 @@ const STANDARD: &[Standard] = &[
         description: "each account's password state (empty, locked, the hash's algorithm), never the hash",
         osquery: "",
         shell: SHADOW_SH,
+        format: OutputFormat::Tsv,
+    },
+    Standard {
+        name: "hidden_processes",
+        identity: &["name", "path", "cmdline"],
+        volatile: &["pid"],
+        description: "processes hidden from the /proc listing (reachable by pid, not listed)",
+        osquery: "",
+        shell: HIDDEN_PROCESSES_SH,
         format: OutputFormat::Tsv,
     },
     Standard {

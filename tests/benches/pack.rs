@@ -21,7 +21,7 @@ mod fleet;
 mod shared;
 
 /// The queries of the persistence surface (issue 18).
-const NEW: &[&str] = &["persistence", "loaded_code", "file_capabilities", "temp_files", "shadow"];
+const NEW: &[&str] = &["persistence", "loaded_code", "file_capabilities", "temp_files", "shadow", "hidden_processes"];
 
 /// Runs `text` with `sh -c` where `wrap` says (here, or inside a fleet host).
 fn run(wrap: &[String], text: &str) -> (Duration, usize, usize) {
