@@ -350,16 +350,26 @@ done
 [ $# -gt 0 ] || exit 0
 getcap -r "$@" 2>/dev/null | awk '{ c = $NF; $NF = ""; sub(/ +$/, ""); sub(/ =$/, ""); print $0 "\t" c }'"#;
 
-// Executables, setuid/setgid and hidden entries of the writable directories
-// (500 at most), with what they are.
+// Executables, setuid/setgid and hidden entries of the writable directories,
+// executables and setuid/setgid files in system accounts' homes (500 at most
+// in all), with what they are.
 const TEMP_FILES_SH: &str = r#"printf 'path\tkind\tmode\towner\tsize\tsha256\n'
 t=$(printf '\t')
 set --
 for d in /tmp /var/tmp /dev/shm /run/shm /run/user /var/crash; do [ -d "$d" ] && [ ! -L "$d" ] && set -- "$@" "$d"; done
 [ $# -gt 0 ] || exit 0
-find "$@" -xdev -maxdepth 5 \( -type f \( -perm -u+x -o -perm -g+x -o -perm -o+x -o -name '.*' \) -o -type d -name '.*' \) \
-  ! -name .X11-unix ! -name .ICE-unix ! -name .font-unix ! -name .XIM-unix ! -name .Test-unix 2>/dev/null |
-  grep -v "$t" | head -n 500 | while IFS= read -r f; do
+# System accounts' homes (uid 1-999; not / and not the system directories):
+# executables and setuid/setgid files only, as their hidden entries are
+# histories and caches.
+homes=$(awk -F: '$3 > 0 && $3 < 1000 && $6 ~ /^\/./ && $6 !~ /^\/(usr|bin|sbin|lib|lib64|dev|proc|sys|etc|nonexistent)(\/|$)/ { print $6 }' /etc/passwd 2>/dev/null | sort -u)
+{
+  find "$@" -xdev -maxdepth 5 \( -type f \( -perm -u+x -o -perm -g+x -o -perm -o+x -o -name '.*' \) -o -type d -name '.*' \) \
+    ! -name .X11-unix ! -name .ICE-unix ! -name .font-unix ! -name .XIM-unix ! -name .Test-unix 2>/dev/null
+  printf '%s\n' "$homes" | while IFS= read -r h; do
+    [ -n "$h" ] && [ -d "$h" ] && [ ! -L "$h" ] || continue
+    find "$h" -xdev -maxdepth 5 -type f \( -perm -u+x -o -perm -g+x -o -perm -o+x -o -perm -4000 -o -perm -2000 \) 2>/dev/null
+  done
+} | grep -v "$t" | head -n 500 | while IFS= read -r f; do
   m=$(stat -c "%F$t%a$t%U:%G$t%s" "$f" 2>/dev/null) || continue
   k=${m%%"$t"*}; rest=${m#*"$t"}; h=
   case $k in "regular file"|"regular empty file") k=file ;; directory) k=dir ;; *) k=other ;; esac
