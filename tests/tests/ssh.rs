@@ -772,6 +772,20 @@ fn forty_hosts_eighteen_persistence_techniques_are_exactly_the_outliers() {
     for (i, kind, _, _, _) in others {
         fleet.plant(fleet.host(i), kind);
     }
+    // A canary deploy on four hosts (a new unit and its link), and a change
+    // on every host (drift): neither makes an outlier.
+    let canary = [2, 4, 6, 8];
+    for i in canary {
+        let out = fleet.exec(
+            fleet.host(i),
+            "printf '[Unit]\nDescription=app v2\n[Service]\nExecStart=/opt/app/bin/server --port 8080\n[Install]\nWantedBy=multi-user.target\n' > /etc/systemd/system/app-v2.service && ln -sf /etc/systemd/system/app-v2.service /etc/systemd/system/multi-user.target.wants/app-v2.service",
+        );
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    for h in &fleet.hosts {
+        let out = fleet.exec(h, "mkdir -p /etc/profile.d && echo 'export APP_ENV=prod' > /etc/profile.d/app-env.sh");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
     for (i, kind, _) in plants {
         fleet.plant(fleet.host(i), kind);
     }
@@ -818,7 +832,14 @@ fn forty_hosts_eighteen_persistence_techniques_are_exactly_the_outliers() {
     assert!(indicators(19).iter().any(|x| x.contains("preload library in a world-writable")), "{:#?}", findings(19));
     assert!(indicators(23).iter().any(|x| x.contains("pam_succeed_if uid >= 0")), "{:#?}", findings(23));
     assert!(indicators(27).iter().any(|x| x.contains("passwordless sudo")), "{:#?}", findings(27));
+    let canary_hosts: BTreeSet<&str> = canary.iter().map(|i| fleet.host(*i)).collect();
+    let cohort = report
+        .cohorts
+        .iter()
+        .find(|c| c.hosts.iter().map(String::as_str).collect::<BTreeSet<_>>() == canary_hosts)
+        .unwrap_or_else(|| panic!("the canary is one cohort: {:#?}", report.cohorts));
+    assert!(cohort.rows.iter().any(|r| r.query == "persistence"), "{cohort:#?}");
     for h in report.hosts.iter().filter(|h| !planted.contains(h.host.as_str())) {
-        assert!(h.findings.is_empty(), "identical clean hosts have nothing to say: {h:#?}");
+        assert!(h.findings.is_empty(), "clean hosts, the canary's too, have nothing to say: {h:#?}");
     }
 }
