@@ -25,7 +25,8 @@
 //! | `shadow` | username, password_state, last_change, max_days |
 //! | `hidden_processes` | pid, name, path, cmdline |
 //!
-//! The last five are shell in both packs: no osquery table holds them.
+//! The last five are the same shell in both packs (osquery's `process_memory_map`,
+//! `process_envs` and `shadow` tables are not used yet).
 
 use std::path::Path;
 
