@@ -146,29 +146,22 @@ printf '%s\n' "$o" | grep -v -e 'users:(' -e '^Netid' | while read -r _ _ _ _ l 
   [ -z "$l" ] || printf 'diffy-unseen\tlistener %s\n' "$l" >&2
 done"#;
 
-const CRONTAB_SH: &str = r#"for d in /etc/cron.d /var/spool/cron/crontabs /var/spool/cron; do
-  if [ -d "$d" ] && { [ ! -r "$d" ] || [ ! -x "$d" ]; }; then printf 'diffy-unseen\t%s\n' "$d" >&2; fi
-done
-for f in /etc/crontab /etc/cron.d/* /var/spool/cron/crontabs/* /var/spool/cron/*; do
-  [ -f "$f" ] || continue
-  if [ ! -r "$f" ]; then printf 'diffy-unseen\t%s\n' "$f" >&2; continue; fi
+// What these three could not read, the probe of the same name says first
+// (`probe_of`).
+const CRONTAB_SH: &str = r#"for f in /etc/crontab /etc/cron.d/* /var/spool/cron/crontabs/* /var/spool/cron/*; do
+  [ -f "$f" ] && [ -r "$f" ] || continue
   while IFS= read -r l || [ -n "$l" ]; do printf '%s\t%s\n' "$f" "$l"; done < "$f"
 done"#;
 
 const AUTHORIZED_KEYS_SH: &str = r#"while IFS=: read -r u _ uid _ _ home _; do
-  for d in "$home" "$home/.ssh"; do
-    if [ -d "$d" ] && [ ! -x "$d" ]; then printf 'diffy-unseen\t%s\n' "$home/.ssh" >&2; continue 2; fi
-  done
   for f in "$home/.ssh/authorized_keys" "$home/.ssh/authorized_keys2"; do
-    [ -f "$f" ] || continue
-    if [ ! -r "$f" ]; then printf 'diffy-unseen\t%s\n' "$f" >&2; continue; fi
+    [ -f "$f" ] && [ -r "$f" ] || continue
     while IFS= read -r l || [ -n "$l" ]; do printf '%s\t%s\t%s\t%s\n' "$uid" "$u" "$f" "$l"; done < "$f"
   done
 done < /etc/passwd"#;
 
 const SHELL_HISTORY_SH: &str = r#"printf 'username\thistory_file\n'
 while IFS=: read -r u _ _ _ _ home _; do
-  if [ -d "$home" ] && [ ! -x "$home" ]; then printf 'diffy-unseen\t%s\n' "$home" >&2; continue; fi
   for f in .bash_history .zsh_history .sh_history .ash_history .history .python_history .mysql_history; do
     if [ -f "$home/$f" ]; then printf '%s\t%s\n' "$u" "$home/$f"; fi
   done
@@ -463,16 +456,28 @@ done
 [ $# -gt 0 ] || exit 0
 find "$@" -xdev -type d ! -readable -prune -print 2>/dev/null | sed "s/^/diffy-unseen$t/" >&2"#;
 
-fn probe_of(name: &str) -> &'static str {
-    match name {
-        "processes" => PROCESSES_PROBE,
-        "listening_ports" => LISTENING_PROBE,
-        "crontab" => CRONTAB_PROBE,
-        "authorized_keys" => HOMES_PROBE,
-        "shell_history" => HISTORY_PROBE,
-        "suid_bin" => SUID_PROBE,
-        _ => "",
-    }
+/// When a standard query's shell form names what it could not read.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ShellChecks {
+    /// While it runs: the check would be a second pass over `/proc`, or a
+    /// second `find`.
+    WhileRunning,
+    /// By running the probe first.
+    Probe,
+}
+
+/// The check that names what a standard query could not read: run after
+/// `osqueryi` in the osquery pack, and in the shell pack as it says.
+fn probe_of(name: &str) -> Option<(&'static str, ShellChecks)> {
+    Some(match name {
+        "processes" => (PROCESSES_PROBE, ShellChecks::WhileRunning),
+        "listening_ports" => (LISTENING_PROBE, ShellChecks::WhileRunning),
+        "suid_bin" => (SUID_PROBE, ShellChecks::WhileRunning),
+        "crontab" => (CRONTAB_PROBE, ShellChecks::Probe),
+        "authorized_keys" => (HOMES_PROBE, ShellChecks::Probe),
+        "shell_history" => (HISTORY_PROBE, ShellChecks::Probe),
+        _ => return None,
+    })
 }
 
 fn file_hashes_sh() -> String {
@@ -655,7 +660,7 @@ fn standard_query(s: &Standard, osquery: bool) -> Query {
         match (probe_of(s.name), shlex::try_quote(&sql)) {
             // osqueryi's exit status is the query's; the probe only adds
             // diffy-unseen lines to its standard error.
-            (probe, Ok(quoted)) if !probe.is_empty() => Query::shell(
+            (Some((probe, _)), Ok(quoted)) => Query::shell(
                 s.name,
                 format!("osqueryi --json {quoted}\n_r=$?\n( {probe}\n) </dev/null\nexit $_r"),
                 OutputFormat::Json,
@@ -671,7 +676,11 @@ fn standard_query(s: &Standard, osquery: bool) -> Query {
         );
         Query::shell(s.name, sh, s.format)
     } else {
-        let sh = if s.name == "file_hashes" { file_hashes_sh() } else { s.shell.to_string() };
+        let sh = match probe_of(s.name) {
+            _ if s.name == "file_hashes" => file_hashes_sh(),
+            Some((probe, ShellChecks::Probe)) => format!("( {probe}\n) </dev/null\n{}", s.shell),
+            _ => s.shell.to_string(),
+        };
         Query::shell(s.name, sh, s.format)
     };
     q = q.identity(s.identity.iter().copied()).volatile(s.volatile.iter().copied()).describe(s.description);
