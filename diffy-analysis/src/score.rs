@@ -950,15 +950,6 @@ fn unseen_of(h: &HostEntry) -> Vec<QueryUnseen> {
     h.unseen.iter().map(|(q, u)| QueryUnseen { query: q.clone(), count: u.count, first: u.first.clone() }).collect()
 }
 
-fn who(v: &Vantage) -> String {
-    match (&v.user, v.uid) {
-        (Some(u), Some(id)) => format!("{u} (uid {id})"),
-        (Some(u), None) => u.clone(),
-        (None, Some(id)) => format!("uid {id}"),
-        (None, None) => "unknown".into(),
-    }
-}
-
 /// What the analysed hosts' evidence could not see.
 fn visibility(hosts: impl Iterator<Item = (String, Option<Vantage>, Vec<QueryUnseen>, bool)>) -> Visibility {
     let mut v = Visibility::default();
@@ -973,7 +964,7 @@ fn visibility(hosts: impl Iterator<Item = (String, Option<Vantage>, Vec<QueryUns
             None => v.unknown += 1,
             Some(van) => {
                 uids.insert(van.uid);
-                let (user, limits) = (who(van), van.limits());
+                let (user, limits) = (van.who(), van.limits());
                 match groups.iter_mut().find(|g| g.user == user && g.limits == limits) {
                     Some(g) => {
                         g.hosts += 1;

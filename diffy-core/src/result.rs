@@ -279,7 +279,8 @@ impl HostResult {
     pub fn observe(&self, spec: &PayloadSpec) -> HostObservation {
         let mut queries = Vec::with_capacity(spec.queries.len());
         for query in &spec.queries {
-            let outcome = match self.queries.iter().find(|r| r.name == query.name) {
+            let result = self.queries.iter().find(|r| r.name == query.name);
+            let outcome = match result {
                 None => QueryOutcome::Failed {
                     status: QueryStatus::NotRun,
                     message: self.message.clone().unwrap_or_else(|| format!("host {}", self.status)),
@@ -293,8 +294,7 @@ impl HostResult {
                     Err(e) => QueryOutcome::Failed { status: QueryStatus::Unparseable, message: e.0 },
                 },
             };
-            let unseen =
-                self.queries.iter().find(|r| r.name == query.name).and_then(|r| Unseen::from_stderr(&r.stderr));
+            let unseen = result.and_then(|r| Unseen::from_stderr(&r.stderr));
             queries.push(QueryObservation { query: query.name.clone(), outcome, unseen });
         }
         let vantage = self

@@ -113,17 +113,22 @@ impl Vantage {
         self.uid == Some(0)
     }
 
+    /// The user, as `ops (uid 1001)` (`unknown` when it did not say).
+    pub fn who(&self) -> String {
+        match (&self.user, self.uid) {
+            (Some(u), Some(id)) => format!("{u} (uid {id})"),
+            (Some(u), None) => u.clone(),
+            (None, Some(id)) => format!("uid {id}"),
+            (None, None) => "unknown".into(),
+        }
+    }
+
     /// Limits on what this vantage could see, in words (empty: none known).
     /// Root with every capability, no `hidepid` and no confinement sees all.
     pub fn limits(&self) -> Vec<String> {
         let mut out = Vec::new();
         if !self.is_root() {
-            let who = match (&self.user, self.uid) {
-                (Some(u), Some(id)) => format!("{u} (uid {id})"),
-                (Some(u), None) => u.clone(),
-                (None, Some(id)) => format!("uid {id}"),
-                (None, None) => "an unknown user".into(),
-            };
+            let who = if self.user.is_none() && self.uid.is_none() { "an unknown user".into() } else { self.who() };
             let sudo = match self.sudo_available.as_deref() {
                 Some("yes") => ", although sudo -n would have worked",
                 Some("no") => ", and sudo -n would have asked for a password",
