@@ -101,27 +101,45 @@ fn settings(c: Chosen<'_>, t: &TargetArgs, tr: &TransportArgs) -> Vec<Setting> {
     ]
 }
 
+/// For each setting that must not be set: from its `DIFFY_*` variable, a
+/// warning; from the command line, the first one refuses the run.
+fn refuse_flags_warn_env(
+    settings: impl Iterator<Item = Setting>,
+    warning: impl Fn(&Setting, &str) -> String,
+    refusal: impl Fn(&Setting) -> CliError,
+) -> CliResult<Vec<String>> {
+    let mut warnings = Vec::new();
+    for s in settings {
+        match s.env.filter(|v| std::env::var_os(v).is_some()) {
+            Some(var) => warnings.push(warning(&s, var)),
+            None => return Err(refusal(&s)),
+        }
+    }
+    Ok(warnings)
+}
+
 /// Refuses a flag that no chosen plugin uses; returns warnings for settings
 /// from the environment or `diffy.toml` that this run ignores.
 pub(crate) fn check(c: Chosen<'_>, t: &TargetArgs, tr: &TransportArgs, config: &Config) -> CliResult<Vec<String>> {
-    let mut warnings = Vec::new();
-    for s in settings(c, t, tr).into_iter().filter(|s| s.set && !s.used) {
-        match s.env.filter(|v| std::env::var_os(v).is_some()) {
-            Some(var) => warnings.push(format!(
+    let unused = settings(c, t, tr).into_iter().filter(|s| s.set && !s.used);
+    let mut warnings = refuse_flags_warn_env(
+        unused,
+        |s, var| {
+            format!(
                 "{var} is set, but only {} use it (this run: --target {}, --transport {}); it is ignored",
                 s.users, c.target, c.transport
-            )),
-            None => {
-                return Err(CliError::new(
-                    format!(
-                        "{} is used only by {}, and this run has --target {} and --transport {}",
-                        s.flag, s.users, c.target, c.transport
-                    ),
-                    format!("drop {}, or choose the plugin that uses it", s.flag),
-                ));
-            }
-        }
-    }
+            )
+        },
+        |s| {
+            CliError::new(
+                format!(
+                    "{} is used only by {}, and this run has --target {} and --transport {}",
+                    s.flag, s.users, c.target, c.transport
+                ),
+                format!("drop {}, or choose the plugin that uses it", s.flag),
+            )
+        },
+    )?;
     if c.transport != "ssh" && c.target != "ssh-config" && config.ssh != Default::default() {
         warnings.push(format!(
             "diffy.toml's [ssh] settings are not used by --transport {} (only by --transport ssh)",
@@ -160,25 +178,23 @@ pub(crate) fn check_reanalysis(
         row("--operator", Some("DIFFY_OPERATOR"), run.operator.is_some()),
     ];
     rows.extend(settings(c, t, tr));
-    let mut warnings = Vec::new();
-    for s in rows.into_iter().filter(|s| s.set) {
-        match s.env.filter(|v| std::env::var_os(v).is_some()) {
-            Some(var) => warnings.push(format!("{var} is set, but {source} collects nothing; it is ignored")),
-            None => {
-                return Err(CliError::new(
-                    format!(
-                        "{} chooses or reaches hosts to collect from, and {source} analyses hosts already collected",
-                        s.flag
-                    ),
-                    format!(
-                        "drop {}; {source} analyses every host it holds, since a subset would change what the herd \
-                         is (collect the hosts you want with `diffy analyze KEY` instead)",
-                        s.flag
-                    ),
-                ));
-            }
-        }
-    }
+    let mut warnings = refuse_flags_warn_env(
+        rows.into_iter().filter(|s| s.set),
+        |_, var| format!("{var} is set, but {source} collects nothing; it is ignored"),
+        |s| {
+            CliError::new(
+                format!(
+                    "{} chooses or reaches hosts to collect from, and {source} analyses hosts already collected",
+                    s.flag
+                ),
+                format!(
+                    "drop {}; {source} analyses every host it holds, since a subset would change what the herd is \
+                     (collect the hosts you want with `diffy analyze KEY` instead)",
+                    s.flag
+                ),
+            )
+        },
+    )?;
     let d = &config.defaults;
     let mut keys: Vec<&str> = [
         ("target", d.target.is_some()),
