@@ -66,24 +66,38 @@ async fn group(conf: &aws_config::SdkConfig, name: &str, n: i32) -> Vec<String> 
 }
 
 async fn run_tagged(conf: &aws_config::SdkConfig, n: i32, key: &str, value: &str) -> Vec<String> {
+    run_with_tags(conf, n, &[(key, value), ("Name", &format!("{value}-node"))]).await
+}
+
+/// Launches `n` instances with these tags; returns their ids.
+async fn run_with_tags(conf: &aws_config::SdkConfig, n: i32, tags: &[(&str, &str)]) -> Vec<String> {
     let ec2 = aws_sdk_ec2::Client::new(conf);
+    let mut spec = TagSpecification::builder().resource_type(ResourceType::Instance);
+    for (k, v) in tags {
+        spec = spec.tags(Tag::builder().key(*k).value(*v).build());
+    }
     let out = ec2
         .run_instances()
         .image_id(AMI)
         .instance_type(InstanceType::T3Micro)
         .min_count(n)
         .max_count(n)
-        .tag_specifications(
-            TagSpecification::builder()
-                .resource_type(ResourceType::Instance)
-                .tags(Tag::builder().key(key).value(value).build())
-                .tags(Tag::builder().key("Name").value(format!("{value}-node")).build())
-                .build(),
-        )
+        .tag_specifications(spec.build())
         .send()
         .await
         .expect("RunInstances");
     out.instances().iter().map(|i| i.instance_id().unwrap().to_string()).collect()
+}
+
+/// A scratch diffy that reaches moto for AWS and `ssm` for SSM.
+fn diffy_on(moto: &Moto, ssm: &SsmEndpoint) -> Diffy {
+    Diffy::new()
+        .env("AWS_ENDPOINT_URL", &moto.url())
+        .env("AWS_ENDPOINT_URL_SSM", &ssm.url())
+        .env("AWS_ACCESS_KEY_ID", "AKIDMOTOTEST")
+        .env("AWS_SECRET_ACCESS_KEY", "secret")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
 }
 
 fn ctx(moto: &Moto, options: AwsOptions) -> AwsContext {
@@ -342,13 +356,7 @@ async fn collect_and_analyze_an_auto_scaling_group_over_ssm_into_s3() {
     .await
     .unwrap();
 
-    let d = Diffy::new()
-        .env("AWS_ENDPOINT_URL", &moto.url())
-        .env("AWS_ENDPOINT_URL_SSM", &endpoint.url())
-        .env("AWS_ACCESS_KEY_ID", "AKIDMOTOTEST")
-        .env("AWS_SECRET_ACCESS_KEY", "secret")
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_EC2_METADATA_DISABLED", "true");
+    let d = diffy_on(&moto, &endpoint);
     d.write(
         "payload.toml",
         &format!(
@@ -500,34 +508,11 @@ async fn readme_commands_against_moto() {
     let conf = moto.sdk_config();
     let v1 = group(&conf, "api-v001", 3).await;
     let v2 = group(&conf, "api-v002", 2).await;
-    let ec2 = aws_sdk_ec2::Client::new(&conf);
-    let tagged = ec2
-        .run_instances()
-        .image_id(AMI)
-        .instance_type(InstanceType::T3Micro)
-        .min_count(2)
-        .max_count(2)
-        .tag_specifications(
-            TagSpecification::builder()
-                .resource_type(ResourceType::Instance)
-                .tags(Tag::builder().key("Service").value("api").build())
-                .tags(Tag::builder().key("Env").value("prod").build())
-                .build(),
-        )
-        .send()
-        .await
-        .expect("RunInstances");
-    assert_eq!(tagged.instances().len(), 2);
+    let tagged = run_with_tags(&conf, 2, &[("Service", "api"), ("Env", "prod")]).await;
+    assert_eq!(tagged.len(), 2);
     moto.create_bucket("bucket").unwrap();
     let endpoint = SsmEndpoint::start(EndpointOptions::default()).await.unwrap();
-    let d = Diffy::new()
-        .env("AWS_ENDPOINT_URL", &moto.url())
-        .env("AWS_ENDPOINT_URL_SSM", &endpoint.url())
-        .env("AWS_ACCESS_KEY_ID", "AKIDMOTOTEST")
-        .env("AWS_SECRET_ACCESS_KEY", "secret")
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("DIFFY_PAYLOAD", "small.toml");
+    let d = diffy_on(&moto, &endpoint).env("DIFFY_PAYLOAD", "small.toml");
     d.write(
         "small.toml",
         "[[query]]\nname = \"id\"\nshell = 'echo \"$DIFFY_INSTANCE_ID\"; uname -s'\nformat = \"lines\"\n",

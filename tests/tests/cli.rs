@@ -338,17 +338,10 @@ fn the_osquery_pack_says_what_it_could_not_read() {
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
         std::os::unix::fs::chown(&p, Some(65534), None).unwrap();
     }
-    let mut c = std::process::Command::new("setpriv");
+    let mut c = d.program("setpriv");
     c.args(["--reuid=65534", "--regid=65534", "--clear-groups", common::bin()]);
     c.args(["analyze", "lab", "--payload", "osquery", "--host", "a", "--host", "b", "--host", "c", "--format", "json"]);
-    let base = d.command(&[]);
-    for (k, v) in base.get_envs() {
-        match v {
-            Some(v) => c.env(k, v),
-            None => c.env_remove(k),
-        };
-    }
-    c.current_dir(d.path("")).env("PATH", format!("{}:/usr/bin:/bin", d.path("fake").display()));
+    c.env("PATH", format!("{}:/usr/bin:/bin", d.path("fake").display()));
     let out = c.output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     // 3: nothing found in a partial view; 1: the three "hosts" are this

@@ -45,6 +45,17 @@ pub fn available() -> bool {
     }
 }
 
+/// Whether sudo is installed here (the fleet's hosts share /usr); prints why
+/// not, and under CI fails instead.
+pub fn sudo_available() -> bool {
+    if Command::new("sh").args(["-c", "command -v sudo"]).output().is_ok_and(|o| o.status.success()) {
+        return true;
+    }
+    assert!(std::env::var("CI").is_err(), "CI must have sudo installed");
+    eprintln!("skipping: sudo is not installed");
+    false
+}
+
 impl Fleet {
     /// Starts `n` hosts named `<tag><pid>-1..n`; `None` (with the reason printed)
     /// where fleets cannot run. Under CI, that is a failure, not a skip.

@@ -67,8 +67,16 @@ impl Diffy {
     }
 
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(bin());
-        c.args(args).current_dir(self.dir.path());
+        let mut c = self.program(bin());
+        c.args(args);
+        c
+    }
+
+    /// `program` in the scratch directory with the same clean environment
+    /// as diffy gets (a shell, or a wrapper that runs diffy).
+    pub fn program(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new(program);
+        c.current_dir(self.dir.path());
         for (k, _) in std::env::vars() {
             if k.starts_with("DIFFY_") || k == "RUST_LOG" {
                 c.env_remove(k);
@@ -96,17 +104,10 @@ impl Diffy {
                 std::os::unix::fs::symlink(repo.join(d), self.path(d)).unwrap();
             }
         }
-        let mut c = self.command(&[]);
+        let mut c = self.program("sh");
+        c.args(["-c", line]);
         c.env("PATH", format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default()));
-        let mut c2 = Command::new("sh");
-        c2.args(["-c", line]).current_dir(self.dir.path());
-        for (k, v) in c.get_envs() {
-            match v {
-                Some(v) => c2.env(k, v),
-                None => c2.env_remove(k),
-            };
-        }
-        Self::finish(c2.output().unwrap())
+        Self::finish(c.output().unwrap())
     }
 
     pub fn run(&self, args: &[&str]) -> Run {
