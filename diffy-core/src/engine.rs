@@ -18,7 +18,7 @@ use crate::report::{BaselineProvenance, Coverage, Finding, Method, Report, RunSu
 use crate::result::{HostObservation, HostStatus, QueryStatus};
 use crate::run::{BaselineRecord, RunCounts, RunKind, RunLimits, RunManifest, RunState};
 use crate::script::Script;
-use crate::target::Target;
+use crate::target::{Resolution, Target};
 use crate::{Error, Result};
 
 /// The version of Diffy recorded in runs and reports.
@@ -440,7 +440,7 @@ impl Engine {
         sink: &dyn EventSink,
         cancel: CancellationToken,
     ) -> Result<RunManifest> {
-        self.collect_kind(key, RunKind::Survey, run, sink, cancel).await
+        self.collect_kind(key, RunKind::Survey, None, run, sink, cancel).await
     }
 
     /// Collects a baseline run of `key` from its (clean) hosts and makes it the
@@ -461,9 +461,6 @@ impl Engine {
     ) -> Result<(RunManifest, BaselineRecord)> {
         let mode = options.write;
         let existing = self.store.get_baseline(key).await?;
-        if !options.allow_outliers {
-            self.refuse_outliers_as_baseline(key).await?;
-        }
         if let (Some(old), BaselineWrite::CreateOnly) = (&existing, mode) {
             return Err(Error::AlreadyExists {
                 what: "baseline for target",
@@ -475,7 +472,14 @@ impl Engine {
                 )),
             });
         }
-        let manifest = self.collect_kind(key, RunKind::Baseline, run, sink, cancel).await?;
+        run.validate()?;
+        // Resolved once: the hosts checked are the hosts collected.
+        let target = need(&self.target, "target", "call EngineBuilder::target (e.g. StaticTarget)")?;
+        let resolution = target.resolve(key).await?;
+        if !options.allow_outliers {
+            self.refuse_outliers_as_baseline(key, &resolution.hosts).await?;
+        }
+        let manifest = self.collect_kind(key, RunKind::Baseline, Some(resolution), run, sink, cancel).await?;
         if manifest.counts.collected == 0 {
             return Err(Error::invalid_with_help(
                 format!("baseline run {} collected no host, so it was not made the baseline", manifest.id),
@@ -502,8 +506,10 @@ impl Engine {
     /// Fails when hosts this key would take a baseline from were outliers of
     /// its latest survey run (analysed again from the store by cluster
     /// analysis, as `analyze --from RUN --method cluster` would).
-    async fn refuse_outliers_as_baseline(&self, key: &TargetKey) -> Result<()> {
-        let (Some(_), Some(target)) = (&self.analysis, &self.target) else { return Ok(()) };
+    async fn refuse_outliers_as_baseline(&self, key: &TargetKey, hosts: &[Host]) -> Result<()> {
+        if self.analysis.is_none() {
+            return Ok(());
+        }
         let latest = self
             .store
             .list_runs(Some(key))
@@ -512,7 +518,6 @@ impl Engine {
             .filter(|r| r.kind == RunKind::Survey && r.counts.collected > 0)
             .max_by_key(|r| r.started_at);
         let Some(latest) = latest else { return Ok(()) };
-        let hosts = target.resolve(key).await?.hosts;
         // Against the herd only: after a deploy every host differs from the
         // old baseline, and replacing it is the point.
         let options = AnalyzeOptions::default().methods(vec![Method::Cluster]);
@@ -546,10 +551,13 @@ impl Engine {
         ))
     }
 
+    /// Collects a run of `kind`, from `resolution` when the caller resolved
+    /// the target already.
     async fn collect_kind(
         &self,
         key: &TargetKey,
         kind: RunKind,
+        resolution: Option<Resolution>,
         run: &RunOptions,
         sink: &dyn EventSink,
         cancel: CancellationToken,
@@ -562,7 +570,10 @@ impl Engine {
             "call EngineBuilder::collection (e.g. PerHost::new(LocalTransport::new()))",
         )?;
         let payload = need(&self.payload, "payload", "call EngineBuilder::payload (e.g. ShellPayload)")?;
-        let resolution = target.resolve(key).await?;
+        let resolution = match resolution {
+            Some(r) => r,
+            None => target.resolve(key).await?,
+        };
         if resolution.hosts.is_empty() {
             let left: Vec<String> =
                 resolution.not_targeted.iter().take(5).map(|n| format!("{}: {}", n.host.id, n.reason)).collect();
