@@ -281,11 +281,6 @@ impl HostEntry {
         self.unseen.iter().any(|(q, _)| q == query)
     }
 
-    /// Whether this host's evidence saw only part of what the payload asks.
-    pub(crate) fn partial_view(&self) -> bool {
-        !self.unseen.is_empty() || self.vantage.as_ref().is_some_and(|v| !v.limits().is_empty())
-    }
-
     pub(crate) fn usable(&self) -> bool {
         self.status.is_collected() && self.queries.iter().any(|(_, q)| matches!(q, HostQuery::Rows(_)))
     }

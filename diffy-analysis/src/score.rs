@@ -9,7 +9,6 @@ use diffy_core::report::{
     RunSummary, SuppressedCount, VantageGroup, Visibility,
 };
 use diffy_core::run::NotTargeted;
-use diffy_core::vantage::Vantage;
 use diffy_core::{HostStatus, Row};
 use rayon::prelude::*;
 use rustc_hash::{FxHashMap, FxHashSet};
@@ -878,10 +877,10 @@ pub(crate) fn analyze(builder: Builder, ctx: Context, settings: &Settings, suppr
     let history = ctx.history.as_ref().map(|h| HistoryWindow { days: ctx.history_days, runs: h.runs, since: h.since });
     let mut methods = ctx.methods.clone();
     methods.sort();
-    let visibility = visibility(analysed.iter().map(|&si| {
-        let h = &survey[si];
-        (h.id.clone(), h.vantage.clone(), unseen_of(h), h.partial_view())
-    }));
+    // From the analysed hosts' reports, in id order.
+    let mut by_id: Vec<&HostReport> = host_reports.iter().collect();
+    by_id.sort_by(|a, b| a.host.cmp(&b.host));
+    let visibility = visibility(&by_id);
     if visibility.mixed_privileges {
         let ways: Vec<String> = visibility.collected_as.iter().map(|g| format!("{} as {}", g.hosts, g.user)).collect();
         warnings.insert(
@@ -951,20 +950,22 @@ fn unseen_of(h: &HostEntry) -> Vec<QueryUnseen> {
 }
 
 /// What the analysed hosts' evidence could not see.
-fn visibility(hosts: impl Iterator<Item = (String, Option<Vantage>, Vec<QueryUnseen>, bool)>) -> Visibility {
+/// A host saw only part when a query could not read everything or its
+/// vantage has limits.
+fn visibility(hosts: &[&HostReport]) -> Visibility {
     let mut v = Visibility::default();
     let mut groups: Vec<VantageGroup> = Vec::new();
     let mut queries: BTreeMap<String, QueryVisibility> = BTreeMap::new();
     let mut uids = FxHashSet::default();
-    for (id, vantage, unseen, partial) in hosts {
-        if partial {
-            v.partial += 1;
-        }
-        match &vantage {
+    for h in hosts {
+        let id = &h.host;
+        let mut partial = !h.unseen.is_empty();
+        match &h.vantage {
             None => v.unknown += 1,
             Some(van) => {
                 uids.insert(van.uid);
                 let (user, limits) = (van.who(), van.limits());
+                partial |= !limits.is_empty();
                 match groups.iter_mut().find(|g| g.user == user && g.limits == limits) {
                     Some(g) => {
                         g.hosts += 1;
@@ -976,7 +977,10 @@ fn visibility(hosts: impl Iterator<Item = (String, Option<Vantage>, Vec<QueryUns
                 }
             }
         }
-        for u in unseen {
+        if partial {
+            v.partial += 1;
+        }
+        for u in &h.unseen {
             let q = queries.entry(u.query.clone()).or_insert_with(|| QueryVisibility {
                 query: u.query.clone(),
                 hosts: 0,
@@ -985,9 +989,9 @@ fn visibility(hosts: impl Iterator<Item = (String, Option<Vantage>, Vec<QueryUns
             });
             q.hosts += 1;
             q.unseen += u.count;
-            for f in u.first {
-                if q.first.len() < diffy_core::vantage::UNSEEN_SHOWN && !q.first.contains(&f) {
-                    q.first.push(f);
+            for f in &u.first {
+                if q.first.len() < diffy_core::vantage::UNSEEN_SHOWN && !q.first.contains(f) {
+                    q.first.push(f.clone());
                 }
             }
         }
