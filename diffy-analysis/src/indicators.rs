@@ -26,6 +26,25 @@
 //! | runs at every boot (`@reboot`) | 1.5 |
 //! | a module the kernel loads on demand (netfilter, filesystems, bridges) | 0.4 |
 //! | a kernel thread (no executable, no command line) | 0.2 |
+//!
+//! ## Relevance
+//!
+//! Beside its severity, a row has a [`Relevance`] that decides what prevalence
+//! and cohorts may do to it:
+//!
+//! - **attack**: a pattern of attack, every indicator above of × 3 or more
+//!   except a deleted executable (package upgrades leave those), and a system
+//!   binary that differs from the checksum its package recorded. A cohort never
+//!   explains it, and it makes its hosts outliers at any prevalence below most of
+//!   the fleet;
+//! - **sensitive**: a change a deploy can make but an attacker wants too: a
+//!   changed system binary, any SSH key (a root key most), an account that can
+//!   log in, a kernel module that is neither a hardware driver nor loaded on
+//!   demand, a web server or interpreter listening, PAM, sudoers, dynamic-linker
+//!   and SSH start-up files. Only a cohort that a label explains (a launch
+//!   template version, an image, an instance type, a launch window) explains it;
+//!   otherwise it counts like an attack pattern;
+//! - **none**: everything else; any cohort explains it.
 
 use diffy_core::{FindingKind, Row};
 
@@ -149,6 +168,19 @@ const AGENTS: &[&str] = &[
 ];
 const SHELLS: &[&str] = &["sh", "bash", "dash", "zsh", "ksh", "csh", "tcsh", "ash", "fish"];
 
+/// What prevalence and cohorts may do to a row (see the module documentation).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Relevance {
+    /// Nothing stands out: any cohort explains it.
+    #[default]
+    None,
+    /// A change a deploy can make and an attacker wants too: explained only by
+    /// a cohort that a label explains.
+    Sensitive,
+    /// A pattern of attack: never explained by a cohort.
+    Attack,
+}
+
 /// A row's security relevance: a multiplier and what justifies it.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Assessment {
@@ -156,15 +188,42 @@ pub struct Assessment {
     pub severity: f64,
     /// Human-readable reasons, strongest first.
     pub indicators: Vec<String>,
+    /// What prevalence and cohorts may do to it.
+    pub relevance: Relevance,
+}
+
+impl Assessment {
+    /// Whether the row counts at any prevalence below most of the fleet
+    /// (attack or sensitive).
+    pub fn strong(&self) -> bool {
+        self.relevance >= Relevance::Sensitive
+    }
 }
 
 struct Collector {
     found: Vec<(f64, String)>,
+    relevance: Relevance,
 }
 
 impl Collector {
+    /// An indicator; of × 3 or more, a pattern of attack.
     fn add(&mut self, mult: f64, text: impl Into<String>) {
-        let text = text.into();
+        let relevance = if mult >= 3.0 { Relevance::Attack } else { Relevance::None };
+        self.push(mult, text.into(), relevance);
+    }
+
+    /// An indicator that does not make the row strong, whatever its multiplier.
+    fn weak(&mut self, mult: f64, text: impl Into<String>) {
+        self.push(mult, text.into(), Relevance::None);
+    }
+
+    /// An indicator of a sensitive change (see [`Relevance::Sensitive`]).
+    fn sensitive(&mut self, mult: f64, text: impl Into<String>) {
+        self.push(mult, text.into(), Relevance::Sensitive);
+    }
+
+    fn push(&mut self, mult: f64, text: String, relevance: Relevance) {
+        self.relevance = self.relevance.max(relevance);
         if !self.found.iter().any(|(_, t)| *t == text) {
             self.found.push((mult, text));
         }
@@ -172,13 +231,88 @@ impl Collector {
 
     fn finish(mut self) -> Assessment {
         if self.found.is_empty() {
-            return Assessment { severity: 1.0, indicators: Vec::new() };
+            return Assessment { severity: 1.0, indicators: Vec::new(), relevance: self.relevance };
         }
         self.found.sort_by(|a, b| b.0.total_cmp(&a.0));
         let max = self.found[0].0;
         let severity = if max >= 1.0 { (max * (1.0 + 0.2 * (self.found.len() - 1) as f64)).min(10.0) } else { max };
-        Assessment { severity, indicators: self.found.into_iter().map(|(_, t)| t).collect() }
+        Assessment { severity, indicators: self.found.into_iter().map(|(_, t)| t).collect(), relevance: self.relevance }
     }
+}
+
+/// Kernel modules that differ with the hardware (network, storage and
+/// hypervisor drivers): instance types differ by these.
+const HARDWARE_MODULES: &[&str] = &[
+    "ena",
+    "efa",
+    "gve",
+    "ixgbevf",
+    "ixgbe",
+    "igb",
+    "igbvf",
+    "i40e",
+    "iavf",
+    "ice",
+    "e1000",
+    "e1000e",
+    "mlx4_core",
+    "mlx4_en",
+    "mlx5_core",
+    "mlx5_ib",
+    "vmxnet3",
+    "vmw_pvscsi",
+    "vmw_balloon",
+    "vmw_vmci",
+    "hv_netvsc",
+    "hv_storvsc",
+    "hv_vmbus",
+    "hv_utils",
+    "hv_balloon",
+    "xen_netfront",
+    "xen_blkfront",
+    "xen_privcmd",
+    "virtio_net",
+    "virtio_blk",
+    "virtio_scsi",
+    "virtio_pci",
+    "virtio_balloon",
+    "virtio_console",
+    "virtio_rng",
+    "nvme",
+    "nvme_core",
+    "ahci",
+    "libahci",
+    "sd_mod",
+    "sr_mod",
+    "cdrom",
+    "intel_rapl_msr",
+    "intel_rapl_common",
+    "rapl",
+    "kvm",
+    "kvm_intel",
+    "kvm_amd",
+    "ccp",
+    "amd64_edac",
+    "edac_core",
+    "edac_mce_amd",
+    "nfit",
+    "libnvdimm",
+    "i2c_piix4",
+    "ata_piix",
+    "pata_acpi",
+];
+
+/// Programs that serve requests or run code: listening, they are a way in.
+const SERVERS_AND_INTERPRETERS: &[&str] = &[
+    "php", "php-fpm", "php-cgi", "python", "python2", "python3", "perl", "ruby", "node", "nodejs", "bash", "sh",
+    "dash", "busybox", "nginx", "apache2", "httpd", "lighttpd", "caddy",
+];
+
+fn server_or_interpreter(name: &str) -> Option<&'static str> {
+    let n = name.to_ascii_lowercase();
+    // `php8.2`, `php-fpm8.2`, `python3.11`: a version suffix is the same program.
+    let stem = n.trim_end_matches(|c: char| c.is_ascii_digit() || c == '.');
+    SERVERS_AND_INTERPRETERS.iter().copied().find(|p| *p == stem || *p == n)
 }
 
 fn get<'a>(row: &'a Row, col: &str) -> &'a str {
@@ -281,7 +415,8 @@ fn executable_path(path: &str, c: &mut Collector) {
         c.add(5.0, format!("executable in a world-writable directory ({dir})"));
     }
     if path.ends_with(" (deleted)") {
-        c.add(4.0, "executable deleted after it started");
+        // Package upgrades leave these behind until a restart: severe alone, not a pattern.
+        c.weak(4.0, "executable deleted after it started");
     }
     if has_hidden_component(path) {
         c.add(2.5, "hidden file or directory in a path");
@@ -306,13 +441,13 @@ fn persistence(row: &Row, c: &mut Collector) {
         command_patterns(l, c);
         let low = l.to_ascii_lowercase();
         if low.contains("pam_exec") {
-            c.add(4.0, "pam_exec runs a program at every login");
+            c.sensitive(4.0, "pam_exec runs a program at every login");
         }
         if low.contains("pam_succeed_if") && low.contains("uid >= 0") {
             c.add(6.0, "a PAM rule that lets every account in (pam_succeed_if uid >= 0)");
         }
         if low.contains("nopasswd") && low.contains("all") && (path.contains("sudoers") || low.contains("all=(")) {
-            c.add(3.0, "passwordless sudo for everything");
+            c.sensitive(3.0, "passwordless sudo for everything");
         }
         if low.contains("ld_preload=") || low.contains("ld_audit=") || low.contains("ld_library_path=") {
             c.add(4.0, "sets a dynamic-linker variable (LD_PRELOAD, LD_AUDIT, LD_LIBRARY_PATH)");
@@ -323,6 +458,20 @@ fn persistence(row: &Row, c: &mut Collector) {
         if low.contains("cap_setuid") || low.contains("cap_sys_admin") {
             c.add(3.0, "grants a capability that amounts to root");
         }
+    }
+    const GATES: &[(&str, &str)] = &[
+        ("/etc/pam.d/", "a PAM rule (who may log in, and what runs when they do)"),
+        ("/etc/security/", "a PAM rule (who may log in, and what runs when they do)"),
+        ("/etc/sudoers", "a sudoers rule (who may become root)"),
+        ("/etc/ld.so.preload", "the dynamic linker's preload list"),
+        ("/etc/ld.so.conf", "the dynamic linker's search path"),
+        ("/etc/ssh/sshrc", "runs at every SSH login"),
+        ("/etc/ssh/sshd_config", "the SSH server's configuration"),
+    ];
+    if let Some((_, what)) = GATES.iter().find(|(p, _)| path.starts_with(p)) {
+        c.sensitive(1.0, *what);
+    } else if path.ends_with("/.ssh/rc") {
+        c.sensitive(1.0, "runs at every SSH login");
     }
     if target == "/dev/null" && path.contains("history") {
         c.add(3.0, "shell history sent to /dev/null");
@@ -348,13 +497,19 @@ fn persistence(row: &Row, c: &mut Collector) {
     }
 }
 
+/// Whether the row's own package disowns it: a file hash that fails the
+/// checksum its package recorded. Such a value is never the usual one.
+pub fn disowned(kind: QueryKind, row: &Row) -> bool {
+    kind == QueryKind::FileHashes && get(row, "package_check") == "mismatch"
+}
+
 /// Assesses a row of query `kind` reported as a finding of `finding`.
 pub fn assess(kind: QueryKind, row: &Row, finding: FindingKind) -> Assessment {
-    let mut c = Collector { found: Vec::new() };
+    let mut c = Collector { found: Vec::new(), relevance: Relevance::None };
     if kind == QueryKind::Processes && get(row, "path").is_empty() && get(row, "cmdline").is_empty() {
         // A kernel thread (no executable, no command line): workers come and
         // go with load; their presence or absence says little.
-        return Assessment { severity: 0.2, indicators: Vec::new() };
+        return Assessment { severity: 0.2, indicators: Vec::new(), relevance: Relevance::None };
     }
     if matches!(finding, FindingKind::Missing | FindingKind::Removed) {
         if kind == QueryKind::Processes {
@@ -418,6 +573,10 @@ pub fn assess(kind: QueryKind, row: &Row, finding: FindingKind) -> Assessment {
             if ["nc", "ncat", "netcat", "socat"].contains(&name.as_str()) {
                 c.add(4.0, format!("listener is {name}"));
             }
+            let program = basename(get(row, "path"));
+            if let Some(p) = server_or_interpreter(&name).or_else(|| server_or_interpreter(program)) {
+                c.sensitive(1.5, format!("a web server or interpreter listening ({p})"));
+            }
         }
         QueryKind::Crontab => {
             command_patterns(get(row, "command"), &mut c);
@@ -431,6 +590,8 @@ pub fn assess(kind: QueryKind, row: &Row, finding: FindingKind) -> Assessment {
                 c.add(3.0, "known rootkit module name");
             } else if ON_DEMAND_MODULE_PREFIXES.iter().any(|p| name.starts_with(p)) {
                 c.add(0.4, "a module the kernel loads on demand (netfilter, filesystems, bridges)");
+            } else if !HARDWARE_MODULES.contains(&name.as_str()) {
+                c.sensitive(1.0, "code loaded into the kernel (not a hardware driver)");
             }
         }
         QueryKind::Users => {
@@ -442,7 +603,9 @@ pub fn assess(kind: QueryKind, row: &Row, finding: FindingKind) -> Assessment {
             let shell = basename(get(row, "shell"));
             if let Ok(n) = uid.parse::<u32>() {
                 if n > 0 && n < 1000 && SHELLS.contains(&shell) && user != "sync" {
-                    c.add(2.0, "a system account with a login shell");
+                    c.sensitive(2.0, "a system account with a login shell");
+                } else if n >= 1000 && SHELLS.contains(&shell) {
+                    c.sensitive(1.0, "an account that can log in");
                 }
             }
             if tmp_dir_of(&format!("{}/", get(row, "directory"))).is_some() {
@@ -451,16 +614,26 @@ pub fn assess(kind: QueryKind, row: &Row, finding: FindingKind) -> Assessment {
         }
         QueryKind::AuthorizedKeys => {
             if get(row, "uid") == "0" || get(row, "username") == "root" || get(row, "key_file").starts_with("/root/") {
-                c.add(1.5, "grants login as root");
+                c.sensitive(1.5, "grants login as root");
+            } else {
+                c.sensitive(1.0, format!("grants SSH login as {}", get(row, "username")));
             }
             command_patterns(get(row, "options"), &mut c);
         }
         QueryKind::FileHashes => {
             let path = get(row, "path");
-            if matches!(finding, FindingKind::Changed | FindingKind::Added)
+            let check = get(row, "package_check");
+            if check == "mismatch" {
+                c.add(5.0, "differs from the checksum its package recorded (replaced after installation)");
+            } else if matches!(finding, FindingKind::Changed | FindingKind::Added)
                 && SYSTEM_DIRS.iter().any(|d| path.starts_with(d))
             {
-                c.add(2.0, "a system binary differs");
+                if check == "ok" {
+                    // Another version of its package: what a deploy or an upgrade does.
+                    c.weak(2.0, "a system binary differs (its package's checksum matches: another version)");
+                } else {
+                    c.sensitive(2.0, "a system binary differs");
+                }
             }
             executable_path(path, &mut c);
         }
@@ -523,7 +696,13 @@ pub fn assess(kind: QueryKind, row: &Row, finding: FindingKind) -> Assessment {
             let path = get(row, "path");
             let mode = u32::from_str_radix(get(row, "mode"), 8).unwrap_or(0);
             if get(row, "kind") == "file" && mode & 0o111 != 0 {
-                executable_path(path, &mut c);
+                // Programs unpack helpers into /tmp (JNA, installers): severe
+                // alone, not a pattern until something runs it.
+                let mut inner = Collector { found: Vec::new(), relevance: Relevance::None };
+                executable_path(path, &mut inner);
+                for (m, t) in inner.found {
+                    c.weak(m, t);
+                }
             } else if has_hidden_component(path) {
                 c.add(2.5, "hidden file or directory in a path");
             }

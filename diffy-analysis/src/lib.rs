@@ -23,11 +23,35 @@
 //! most half — are a cohort: a canary, a blue/green half, a launch template
 //! version. A cohort needs at least two such rows (a deploy adds something and
 //! removes something), groups whose host sets overlap by 80 % or more are
-//! merged, a cohort of two hosts must have both gained and lost rows (a
-//! replacement, not just additions), and rows that are suspicious by themselves ([`indicators`]) never
-//! make or join a cohort: a deploy explains a new binary hash, not a listener
-//! running from `/tmp`. A cohort's rows are reported once with the cohort and
-//! are not scored.
+//! merged, and a cohort of two hosts must have both gained and lost rows (a
+//! replacement, not just additions). A cohort's rows are reported once with
+//! the cohort and are not scored, within limits set by each row's
+//! [`indicators::Relevance`]:
+//!
+//! - a **deploy** cohort is one that a label explains: some `key=value` of the
+//!   hosts (launch template or configuration version, image, instance type,
+//!   Auto Scaling group, any label of `--hosts` or of imported host files)
+//!   whose hosts are the cohort's within a fifth (Jaccard ≥ 0.8), or a launch
+//!   window holding the cohort's hosts and (nearly) no others. It explains
+//!   every row but patterns of attack;
+//! - an **unexplained** cohort explains only rows that are not
+//!   security-relevant. Its sensitive rows (a changed system binary, a new
+//!   key, account or kernel module, a PAM or sudoers rule, a web server or
+//!   interpreter listening) are scored like anyone's.
+//!
+//! ## Campaigns
+//!
+//! The same compromise run across the fleet lands the same rows on many hosts.
+//! A strong row (attack or sensitive, not explained by a deploy) counts on any
+//! share of the fleet below half, and whatever its share when the baseline
+//! lacks it or the target's history never showed it: it contributes at least
+//! [`STRONG_FLOOR`] plus its rarity, so that alone it makes its host an outlier
+//! and rarer rows still rank higher. Strong rows on two hosts or more are
+//! grouped by the hosts that have them into the report's campaigns, each
+//! naming its hosts; one on most of the fleet is **fleet-wide**, listed first
+//! and repeated at the top of the warnings. A file hash that fails its
+//! package's checksum is never the usual value of its path, so a tampered
+//! binary on half the fleet is still the changed one.
 //!
 //! ## Scoring
 //!
@@ -44,7 +68,9 @@
 //! - **strength** from the method: cluster uses [`rarity`] (1 for rows on at
 //!   most max(1, 2 %) of the hosts, falling to 0 at half of them); absences
 //!   count half; baseline and novelty count fully when the herd is smaller than
-//!   [`MIN_HERD`] hosts, else like cluster (novelty: `0.5 × (1 − k/N)`).
+//!   [`MIN_HERD`] hosts, else like cluster (novelty: `0.5 × (1 − k/N)`);
+//! - strong rows contribute at least [`STRONG_FLOOR`] plus their rarity (see
+//!   campaigns).
 //!
 //! Within one query, findings count with diminishing returns (1, ½, ¼, …), so
 //! a flood of weak rows of one kind cannot outweigh one strong row, while
@@ -82,7 +108,7 @@ use serde::Deserialize;
 
 use crate::dataset::{Builder, Profiles, Role, Scratch, Seen};
 use crate::profile::{HostNames, Profile};
-pub use crate::score::{MIN_HERD, cohort_min, rarity};
+pub use crate::score::{MIN_HERD, STRONG_FLOOR, cohort_min, rarity};
 
 /// Entry points for the fuzz targets (`fuzz/`) and their corpus replay; not
 /// part of the supported API.

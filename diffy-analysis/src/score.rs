@@ -4,9 +4,9 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use diffy_core::report::{
-    BaselineProvenance, Cohort, CohortRow, Coverage, Finding, FindingKind, FleetFinding, HistoryWindow, HostFailure,
-    HostReport, Method, NotTargetedHost, Presence, Prevalence, QueryUnseen, QueryVisibility, REPORT_SCHEMA, Report,
-    RunSummary, SuppressedCount, VantageGroup, Visibility,
+    BaselineProvenance, Campaign, CampaignRow, Cohort, CohortKind, CohortRow, Coverage, Finding, FindingKind,
+    FleetFinding, HistoryWindow, HostFailure, HostReport, Method, NotTargetedHost, Presence, Prevalence, QueryUnseen,
+    QueryVisibility, REPORT_SCHEMA, Report, RunSummary, SuppressedCount, VantageGroup, Visibility,
 };
 use diffy_core::run::NotTargeted;
 use diffy_core::{HostStatus, Row};
@@ -15,14 +15,14 @@ use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::dataset::{Builder, HostEntry, QueryTable, Seen};
 use crate::explain::{differences, summarise};
-use crate::indicators::assess;
+use crate::indicators::{Relevance, assess, disowned};
 use crate::profile::QueryKind;
 use crate::suppress::Suppressions;
 
 /// The hosts (analysed indices, sorted) that have, or lack, a row together.
 type Signature = Vec<u32>;
-/// Rows (table, row id, present or absent) that share a signature.
-type CohortRows = Vec<(usize, u32, Presence)>;
+/// Rows (table, row id, present or absent, sensitive) that share a signature.
+type CohortRows = Vec<(usize, u32, Presence, bool)>;
 
 /// Below this many hosts with usable evidence, the herd is too small for
 /// cluster analysis to mean much.
@@ -136,6 +136,205 @@ fn display_row(table: &QueryTable, r: u32, survey_index: u32, own_hash: u64) -> 
     }
 }
 
+/// What a strong row (see [`Relevance`]) contributes at least, plus its
+/// rarity, on any share of the fleet below most of it: alone it reaches the
+/// default threshold, and rarer rows still rank higher.
+pub const STRONG_FLOOR: f64 = 5.0;
+
+/// How a row is a finding, the same on every host that has it.
+struct Verdict {
+    kind: FindingKind,
+    expected: Option<Row>,
+    assessment: crate::indicators::Assessment,
+    methods: Vec<Method>,
+    raw: f64,
+    explanation: String,
+    /// Strong, and counted whatever its prevalence.
+    campaign: bool,
+}
+
+/// Host groups by label, to tell a deploy from a campaign.
+struct LabelGroups {
+    /// (`key=value`, analysed hosts with it, sorted), for groups of 2 hosts up
+    /// to all but one.
+    groups: Vec<(String, Vec<u32>)>,
+    /// (launch time, analysed host), sorted.
+    launched: Vec<(DateTime<Utc>, u32)>,
+}
+
+/// Labels that name a host rather than how it was built.
+const NOT_A_BUILD: &[&str] = &["name", "launch_time", "private_ip", "public_ip", "private_dns", "hostname", "ip"];
+
+impl LabelGroups {
+    fn new(analysed: &[usize], survey: &[HostEntry]) -> Self {
+        let mut by: BTreeMap<(&str, &str), Vec<u32>> = BTreeMap::new();
+        let mut launched = Vec::new();
+        for (a, &si) in analysed.iter().enumerate() {
+            for (k, v) in &survey[si].labels {
+                if k == "launch_time" {
+                    if let Ok(t) = DateTime::parse_from_rfc3339(v) {
+                        launched.push((t.with_timezone(&Utc), a as u32));
+                    }
+                }
+                if !NOT_A_BUILD.contains(&k.as_str()) {
+                    by.entry((k.as_str(), v.as_str())).or_default().push(a as u32);
+                }
+            }
+        }
+        let n = analysed.len();
+        let groups = by
+            .into_iter()
+            .filter(|(_, h)| h.len() >= 2 && h.len() < n)
+            .map(|((k, v), h)| (format!("{k}={v}"), h))
+            .collect();
+        launched.sort();
+        Self { groups, launched }
+    }
+
+    /// The label (or launch window) whose hosts are, within a fifth, these
+    /// hosts and no others.
+    fn explain(&self, hosts: &[u32]) -> Option<String> {
+        let best = self
+            .groups
+            .iter()
+            .map(|(l, h)| (jaccard(hosts, h), l))
+            .filter(|(j, _)| *j >= 0.8)
+            .max_by(|a, b| a.0.total_cmp(&b.0).then_with(|| b.1.cmp(a.1)));
+        if let Some((_, l)) = best {
+            return Some(l.clone());
+        }
+        // A launch window: the cohort's hosts were launched together, and
+        // (nearly) no other host in that time.
+        let times: Vec<DateTime<Utc>> =
+            self.launched.iter().filter(|(_, a)| hosts.binary_search(a).is_ok()).map(|(t, _)| *t).collect();
+        if times.len() * 5 < hosts.len() * 4 {
+            return None;
+        }
+        let (first, last) = (*times.first()?, *times.last()?);
+        let mut window: Vec<u32> =
+            self.launched.iter().filter(|(t, _)| *t >= first && *t <= last).map(|(_, a)| *a).collect();
+        window.sort_unstable();
+        (jaccard(hosts, &window) >= 0.8).then(|| {
+            format!(
+                "launched {} to {}",
+                first.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                last.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            )
+        })
+    }
+}
+
+/// Table and row id.
+type RowRef = (usize, u32);
+
+/// Groups the strong rows on two hosts or more by the hosts that have them
+/// (sets that overlap by 80 % merge): the report's campaigns, which campaign
+/// each row is in, and each analysed host's campaigns.
+fn campaigns(
+    tables: &[QueryTable],
+    stats: &[TableStats],
+    verdicts: &[Vec<Option<Verdict>>],
+    analysed: &[usize],
+    survey: &[HostEntry],
+    n: usize,
+) -> (Vec<Campaign>, FxHashMap<RowRef, String>, Vec<Vec<String>>) {
+    let mut by_sig: BTreeMap<&[u32], Vec<RowRef>> = BTreeMap::new();
+    for (t, rows) in verdicts.iter().enumerate() {
+        for (r, v) in rows.iter().enumerate() {
+            let hosts = &stats[t].hosts_of_row[r];
+            if v.as_ref().is_some_and(|v| v.campaign) && hosts.len() >= 2 {
+                by_sig.entry(hosts.as_slice()).or_default().push((t, r as u32));
+            }
+        }
+    }
+    let mut sigs: Vec<(&[u32], Vec<RowRef>)> = by_sig.into_iter().collect();
+    sigs.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(b.0)));
+    let mut used = vec![false; sigs.len()];
+    let mut groups: Vec<(Vec<u32>, Vec<RowRef>)> = Vec::new();
+    for i in 0..sigs.len() {
+        if used[i] {
+            continue;
+        }
+        used[i] = true;
+        let mut hosts = sigs[i].0.to_vec();
+        let mut rows = sigs[i].1.clone();
+        for j in i + 1..sigs.len() {
+            if !used[j] && jaccard(sigs[i].0, sigs[j].0) >= 0.8 {
+                used[j] = true;
+                rows.extend(sigs[j].1.iter().copied());
+                hosts.extend_from_slice(sigs[j].0);
+            }
+        }
+        hosts.sort_unstable();
+        hosts.dedup();
+        groups.push((hosts, rows));
+    }
+    let fleet_wide = |rows: &[RowRef]| rows.iter().any(|&(t, r)| 2 * stats[t].hosts_of_row[r as usize].len() > n);
+    groups.sort_by(|a, b| {
+        fleet_wide(&b.1).cmp(&fleet_wide(&a.1)).then(b.0.len().cmp(&a.0.len())).then_with(|| a.0.cmp(&b.0))
+    });
+    let mut out = Vec::new();
+    let mut row_campaign = FxHashMap::default();
+    let mut host_campaigns = vec![Vec::new(); n];
+    let id_of = |a: u32| survey[analysed[a as usize]].id.clone();
+    for (i, (hosts, mut rows)) in groups.into_iter().enumerate() {
+        let id = format!("campaign-{}", i + 1);
+        let wide = fleet_wide(&rows);
+        let raw = |&(t, r): &RowRef| verdicts[t][r as usize].as_ref().map_or(0.0, |v| v.raw);
+        rows.sort_by(|a, b| raw(b).total_cmp(&raw(a)).then(a.cmp(b)));
+        let mut campaign_rows = Vec::new();
+        for &(t, r) in &rows {
+            row_campaign.insert((t, r), id.clone());
+            let (table, v) = (&tables[t], verdicts[t][r as usize].as_ref().expect("campaign rows have verdicts"));
+            let with = &stats[t].hosts_of_row[r as usize];
+            campaign_rows.push(CampaignRow {
+                query: table.name.clone(),
+                kind: v.kind,
+                row: visible(table, &table.rows[r as usize].original),
+                indicators: v.assessment.indicators.clone(),
+                prevalence: Prevalence { hosts: with.len(), of: stats[t].usable.len() },
+                hosts: with.iter().map(|&a| id_of(a)).collect(),
+            });
+        }
+        for &a in &hosts {
+            host_campaigns[a as usize].push(id.clone());
+        }
+        let sample: Vec<String> = campaign_rows
+            .iter()
+            .take(3)
+            .map(|r| {
+                let why = r.indicators.first().map(|i| format!(" ({i})")).unwrap_or_default();
+                format!("{} {}{why}", r.query, summarise(QueryKind::of(&r.query), &r.row))
+            })
+            .collect();
+        let more = if campaign_rows.len() > 3 { "; …" } else { "" };
+        let what =
+            if campaign_rows.len() == 1 { "the same security-relevant row" } else { "the same security-relevant rows" };
+        let explanation = if wide {
+            format!(
+                "FLEET-WIDE: {} of {n} hosts, most of the fleet, have {what} that the baseline or the target's history lacks ({}{more}): a compromise that reached most hosts is the worst case, not drift; every one of them is scored",
+                hosts.len(),
+                sample.join("; ")
+            )
+        } else {
+            format!(
+                "{} of {n} hosts share {what} and no label explains it ({}{more}): the same compromise on several hosts, or a change nobody labelled; each is scored as a finding on every one of them, at any share of the fleet below most of it",
+                hosts.len(),
+                sample.join("; ")
+            )
+        };
+        out.push(Campaign {
+            id,
+            fleet_wide: wide,
+            prevalence: Prevalence { hosts: hosts.len(), of: n },
+            hosts: hosts.iter().map(|&a| id_of(a)).collect(),
+            rows: campaign_rows,
+            explanation,
+        });
+    }
+    (out, row_campaign, host_campaigns)
+}
+
 struct Candidate {
     table: usize,
     finding: Finding,
@@ -193,9 +392,14 @@ pub(crate) fn analyze(builder: Builder, ctx: Context, settings: &Settings, suppr
     }
     for (t, table) in tables.iter().enumerate() {
         let s = &mut stats[t];
+        // The usual value of an identity is the one most hosts have; a value
+        // its package disowns (a binary that fails its package's checksum)
+        // is never the usual one while another exists, however many hosts
+        // have it: a campaign on half the fleet does not become the norm.
         for (r, info) in table.rows.iter().enumerate() {
             let d = &mut s.dominant[info.identity as usize];
-            if *d == u32::MAX || s.hosts_of_row[r].len() > s.hosts_of_row[*d as usize].len() {
+            let rank = |x: usize| (!disowned(table.profile.kind, &table.rows[x].original), s.hosts_of_row[x].len());
+            if *d == u32::MAX || rank(r) > rank(*d as usize) {
                 *d = r as u32;
             }
         }
@@ -222,8 +426,30 @@ pub(crate) fn analyze(builder: Builder, ctx: Context, settings: &Settings, suppr
         }
     }
 
-    // Cohorts: groups of hosts set apart by the same (unsuspicious) rows.
-    let mut cohorts_found: Vec<(Signature, CohortRows)> = Vec::new();
+    // Labels that may explain a cohort: a launch template version, an image,
+    // an instance type, a group, labels of the host list; and launch times.
+    let labels = LabelGroups::new(&analysed, &survey);
+    // The kind a present row has for the cluster method, and its assessment.
+    let cluster_kind = |t: usize, r: usize| -> FindingKind {
+        let (table, s) = (&tables[t], &stats[t]);
+        let info = &table.rows[r];
+        let d = s.dominant[info.identity as usize];
+        if table.profile.has_partial_identity()
+            && d as usize != r
+            && 2 * s.identity_hosts[info.identity as usize] as usize >= s.usable.len()
+            && (s.hosts_of_row[d as usize].len() >= s.hosts_of_row[r].len()
+                || disowned(table.profile.kind, &info.original))
+        {
+            FindingKind::Changed
+        } else {
+            FindingKind::Rare
+        }
+    };
+
+    // Cohorts: groups of hosts set apart by the same rows. A pattern of attack
+    // never makes or joins one; a sensitive row (a changed system binary, a
+    // new key) stays only when a label explains the cohort: a deploy.
+    let mut cohorts_found: Vec<(Signature, CohortRows, Option<String>)> = Vec::new();
     let mut explained: FxHashSet<(usize, u32)> = FxHashSet::default();
     if cluster_on && n >= 4 {
         let min = cohort_min(n);
@@ -240,25 +466,36 @@ pub(crate) fn analyze(builder: Builder, ctx: Context, settings: &Settings, suppr
                 } else {
                     continue;
                 };
-                let kind = if presence == Presence::Present { FindingKind::Rare } else { FindingKind::Missing };
-                if assess(table.profile.kind, &table.rows[r].original, kind).severity > 1.5 {
+                let row = &table.rows[r].original;
+                let mut a = assess(table.profile.kind, row, cluster_kind(t, r));
+                if presence == Presence::Absent {
+                    // The hosts that lack a strong row are not a cohort
+                    // explaining it: they are the clean ones.
+                    let missing = assess(table.profile.kind, row, FindingKind::Missing);
+                    a = crate::indicators::Assessment {
+                        severity: missing.severity.max(a.severity),
+                        relevance: missing.relevance.max(a.relevance),
+                        indicators: missing.indicators,
+                    };
+                }
+                if a.relevance == Relevance::Attack || (a.relevance == Relevance::None && a.severity > 2.0) {
                     continue; // a deploy does not explain a suspicious row
                 }
-                groups.entry(sig).or_default().push((t, r as u32, presence));
+                groups.entry(sig).or_default().push((t, r as u32, presence, a.relevance == Relevance::Sensitive));
             }
         }
         let mut groups: Vec<(Signature, CohortRows)> = groups.into_iter().collect();
         groups.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then(b.0.len().cmp(&a.0.len())).then(a.0.cmp(&b.0)));
         let mut absorbed = vec![false; groups.len()];
+        // Two hosts that only gained the same rows are suspects, not a
+        // deploy: a cohort that small must have replaced something.
+        let enough = |hosts: usize, rows: &CohortRows| {
+            let replaced =
+                rows.iter().any(|g| g.2 == Presence::Absent) && rows.iter().any(|g| g.2 == Presence::Present);
+            rows.len() >= 2 && (hosts >= 3 || replaced)
+        };
         for i in 0..groups.len() {
-            if absorbed[i] || groups[i].1.len() < 2 {
-                continue;
-            }
-            // Two hosts that only gained the same rows are suspects, not a
-            // deploy: a cohort that small must have replaced something.
-            let replaced = groups[i].1.iter().any(|g| g.2 == Presence::Absent)
-                && groups[i].1.iter().any(|g| g.2 == Presence::Present);
-            if groups[i].0.len() < 3 && !replaced {
+            if absorbed[i] || !enough(groups[i].0.len(), &groups[i].1) {
                 continue;
             }
             absorbed[i] = true;
@@ -276,23 +513,32 @@ pub(crate) fn analyze(builder: Builder, ctx: Context, settings: &Settings, suppr
                     rows.extend(groups[j].1.iter().copied());
                 }
             }
-            for &(t, r, _) in &rows {
+            let because = labels.explain(&groups[i].0);
+            if because.is_none() {
+                // Nothing says these hosts were built differently: their
+                // sensitive rows are scored like anyone's.
+                rows.retain(|g| !g.3);
+                if !enough(groups[i].0.len(), &rows) {
+                    continue;
+                }
+            }
+            for &(t, r, _, _) in &rows {
                 explained.insert((t, r));
             }
-            cohorts_found.push((groups[i].0.clone(), rows));
+            cohorts_found.push((groups[i].0.clone(), rows, because));
         }
         cohorts_found.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(b.1.len().cmp(&a.1.len())).then(a.0.cmp(&b.0)));
     }
     let mut host_cohorts: Vec<Vec<String>> = vec![Vec::new(); n];
     let mut cohorts = Vec::new();
-    for (ci, (hosts, rows)) in cohorts_found.iter().enumerate() {
+    for (ci, (hosts, rows, because)) in cohorts_found.iter().enumerate() {
         let id = format!("cohort-{}", ci + 1);
         for &a in hosts {
             host_cohorts[a as usize].push(id.clone());
         }
         let mut cohort_rows: Vec<CohortRow> = rows
             .iter()
-            .map(|&(t, r, presence)| {
+            .map(|&(t, r, presence, _)| {
                 let table = &tables[t];
                 CohortRow {
                     query: table.name.clone(),
@@ -317,26 +563,174 @@ pub(crate) fn analyze(builder: Builder, ctx: Context, settings: &Settings, suppr
                 format!("{verb} {} {}", r.query, summarise(kind, &r.row))
             })
             .collect();
-        let label_text = if labels.is_empty() {
-            String::new()
-        } else {
-            format!(" All share {}.", labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", "))
+        let (kind, what) = match because {
+            Some(label) => (
+                CohortKind::Deploy,
+                format!(
+                    "a deploy: {label} sets these hosts apart, so these differences are not scored"
+                ),
+            ),
+            None => (
+                CohortKind::Unexplained,
+                "no label explains it (no launch template version, image, instance type or launch window of these hosts alone): \
+                 none of these differences is security-relevant, so they are not scored; check it is a rollout you know of"
+                    .to_string(),
+            ),
         };
         cohorts.push(Cohort {
             explanation: format!(
-                "{} of {n} hosts differ from the rest in the same {} ways ({}{}): a group this size that differs together is a cohort (a canary or blue/green deploy, another instance type, a job running on several hosts), so these differences are not scored.{label_text}",
+                "{} of {n} hosts differ from the rest in the same {} ways ({}{}): {what}.",
                 hosts.len(),
                 cohort_rows.len(),
                 sample.join("; "),
                 if cohort_rows.len() > 3 { "; …" } else { "" },
             ),
             id,
+            kind,
+            explained_by: because.clone(),
             hosts: ids,
             prevalence: Prevalence { hosts: hosts.len(), of: n },
             labels,
             rows: cohort_rows,
         });
     }
+
+    // Per table, the hosts that could not read some of it, and where: a row
+    // lying there is unknown on them, not absent (a root host's key under
+    // /root/.ssh is not rare among hosts that could not open /root).
+    let hidden_scope: Vec<Vec<(u32, Vec<String>)>> = tables
+        .iter()
+        .map(|table| {
+            analysed
+                .iter()
+                .enumerate()
+                .filter_map(|(a, &si)| {
+                    let u = survey[si].unseen.iter().find(|(q, _)| *q == table.name)?;
+                    let paths: Vec<String> = u.1.first.iter().filter(|p| p.starts_with('/')).cloned().collect();
+                    (!paths.is_empty()).then_some((a as u32, paths))
+                })
+                .collect()
+        })
+        .collect();
+
+    // Per row, once: whether it is a finding on the hosts that have it, how
+    // strong, and why. Only how the row is shown depends on the host.
+    let verdict = |t: usize, r: usize| -> Option<Verdict> {
+        let (table, s) = (&tables[t], &stats[t]);
+        let nt = s.usable.len();
+        let k = s.hosts_of_row[r].len();
+        if k == 0 || explained.contains(&(t, r as u32)) {
+            return None;
+        }
+        let info = &table.rows[r];
+        let hidden = hidden_on(&hidden_scope[t], &s.hosts_of_row[r], &info.original);
+        let s_cluster = if cluster_on { rarity(k, nt - hidden) } else { 0.0 };
+        let not_in_baseline = s.baseline.as_ref().map(|(b, _, _)| !b.contains(&(r as u32)));
+        let s_base = match not_in_baseline {
+            Some(true) if nt < MIN_HERD => 1.0,
+            Some(true) if 2 * k > nt => 0.0, // drift, reported once
+            Some(true) => rarity(k, nt),
+            _ => 0.0,
+        };
+        let is_new = s.seen.as_ref().map(|seen| !seen.contains(&info.key_hash));
+        let s_novel = match is_new {
+            Some(true) if nt < MIN_HERD => 1.0,
+            Some(true) if 2 * k > nt => 0.0, // drift, reported once
+            Some(true) => 0.5 * (1.0 - k as f64 / nt as f64),
+            _ => 0.0,
+        };
+        // Same identity, other attributes: "changed".
+        let baseline_expected =
+            match (&s.baseline, not_in_baseline == Some(true) && table.profile.has_partial_identity()) {
+                (Some((_, idents, _)), true) => idents.get(&info.identity).copied().filter(|&b| b != r as u32),
+                _ => None,
+            };
+        let (kind, expected) = if let Some(b) = baseline_expected {
+            (FindingKind::Changed, Some(b))
+        } else if cluster_on && cluster_kind(t, r) == FindingKind::Changed {
+            (FindingKind::Changed, Some(s.dominant[info.identity as usize]))
+        } else if not_in_baseline == Some(true) {
+            (FindingKind::Added, None)
+        } else if cluster_on {
+            (FindingKind::Rare, None)
+        } else {
+            (FindingKind::New, None)
+        };
+        let assessment = assess(table.profile.kind, &info.original, kind);
+        // Security relevance is not diluted by prevalence: a strong row counts
+        // on any share of the fleet below most of it, and whatever its share
+        // when the baseline lacks it or the target never showed it.
+        // "Most of the fleet" counts every analysed host: a query that failed
+        // on some does not make a campaign on half of them the norm.
+        let campaign_cluster = cluster_on && 2 * k <= n;
+        let campaign =
+            assessment.strong() && (campaign_cluster || not_in_baseline == Some(true) || is_new == Some(true));
+        let strength = s_cluster.max(s_base).max(s_novel);
+        if strength <= 0.0 && !campaign {
+            return None;
+        }
+        let mut methods = Vec::new();
+        if s_cluster > 0.0 || (campaign && campaign_cluster) {
+            methods.push(Method::Cluster);
+        }
+        if s_base > 0.0 || (campaign && not_in_baseline == Some(true)) {
+            methods.push(Method::Baseline);
+        }
+        if s_novel > 0.0 || (campaign && is_new == Some(true)) {
+            methods.push(Method::Novelty);
+        }
+        let mut raw = table.profile.weight * assessment.severity * strength;
+        if campaign {
+            raw = raw.max(STRONG_FLOOR + rarity(k, nt));
+        }
+        if raw < 0.25 && assessment.indicators.is_empty() {
+            return None;
+        }
+        let expected_row = expected.map(|e| visible(table, &table.rows[e as usize].original));
+        let prevalence = Prevalence { hosts: k, of: nt };
+        let explanation = match (kind, &expected_row) {
+            (FindingKind::Changed, Some(exp)) => {
+                let others = expected.map(|e| s.hosts_of_row[e as usize].len()).unwrap_or(0);
+                let usual = if baseline_expected.is_some() {
+                    "the baseline's value".to_string()
+                } else {
+                    format!("the value on {others} of {nt} hosts")
+                };
+                let identity: Vec<&str> =
+                    table.profile.identity.iter().filter_map(|c| info.original.get(c).map(String::as_str)).collect();
+                format!(
+                    "{} {} changed: {} (this value on {prevalence}; before the arrow, {usual})",
+                    table.name,
+                    identity.join(" "),
+                    differences(exp, &visible(table, &info.original)),
+                )
+            }
+            _ => {
+                let mut why = Vec::new();
+                if methods.contains(&Method::Cluster) || !methods.contains(&Method::Baseline) {
+                    why.push(format!("seen on {prevalence}"));
+                }
+                if hidden > 0 {
+                    why.push(format!("{hidden} of them could not read where it lies"));
+                }
+                if methods.contains(&Method::Baseline) {
+                    why.push("not in the baseline".to_string());
+                }
+                if methods.contains(&Method::Novelty) {
+                    why.push(format!("first seen: not in the last {} days of this target", ctx.history_days));
+                }
+                format!("{} {}: {}", table.name, summarise(table.profile.kind, &info.original), why.join("; "))
+            }
+        };
+        Some(Verdict { kind, expected: expected_row, assessment, methods, raw, explanation, campaign })
+    };
+    let verdicts: Vec<Vec<Option<Verdict>>> = (0..tables.len())
+        .into_par_iter()
+        .map(|t| (0..tables[t].rows.len()).into_par_iter().map(|r| verdict(t, r)).collect())
+        .collect();
+
+    // Campaigns: hosts that share strong rows no deploy explains.
+    let (campaigns, row_campaign, host_campaigns) = campaigns(&tables, &stats, &verdicts, &analysed, &survey, n);
 
     // Absences: rows nearly everyone (or the baseline) has, missing on a host.
     let mut absences: Vec<Vec<(usize, u32, f64, f64)>> = vec![Vec::new(); n];
@@ -409,6 +803,10 @@ pub(crate) fn analyze(builder: Builder, ctx: Context, settings: &Settings, suppr
             if assess(table.profile.kind, &info.original, FindingKind::Added).severity < 0.3 {
                 continue;
             }
+            // A strong row on most of the fleet is a fleet-wide campaign, not drift.
+            if verdicts[t][r].as_ref().is_some_and(|v| v.campaign) {
+                continue;
+            }
             if s.baseline.as_ref().is_some_and(|(b, _, _)| !b.contains(&(r as u32))) {
                 drift.push(FleetFinding {
                     query: table.name.clone(),
@@ -439,24 +837,6 @@ pub(crate) fn analyze(builder: Builder, ctx: Context, settings: &Settings, suppr
         }
     }
 
-    // Per table, the hosts that could not read some of it, and where: a row
-    // lying there is unknown on them, not absent (a root host's key under
-    // /root/.ssh is not rare among hosts that could not open /root).
-    let hidden_scope: Vec<Vec<(u32, Vec<String>)>> = tables
-        .iter()
-        .map(|table| {
-            analysed
-                .iter()
-                .enumerate()
-                .filter_map(|(a, &si)| {
-                    let u = survey[si].unseen.iter().find(|(q, _)| *q == table.name)?;
-                    let paths: Vec<String> = u.1.first.iter().filter(|p| p.starts_with('/')).cloned().collect();
-                    (!paths.is_empty()).then_some((a as u32, paths))
-                })
-                .collect()
-        })
-        .collect();
-
     // Findings per host, in parallel: each host reads only shared tables.
     let rules = suppressions.rules().len();
     let score_host = |a: usize, si: usize| -> (HostReport, Vec<usize>) {
@@ -470,124 +850,32 @@ pub(crate) fn analyze(builder: Builder, ctx: Context, settings: &Settings, suppr
             let nt = s.usable.len();
             let own_identities: FxHashSet<u32> = rows.iter().map(|(r, _)| table.rows[*r as usize].identity).collect();
             for &(r, own_hash) in rows {
-                if explained.contains(&(t, r)) {
-                    continue;
-                }
-                let info = &table.rows[r as usize];
-                let k = s.hosts_of_row[r as usize].len();
-                let hidden = hidden_on(&hidden_scope[t], &s.hosts_of_row[r as usize], &info.original);
-                let s_cluster = if cluster_on { rarity(k, nt - hidden) } else { 0.0 };
-                let not_in_baseline = s.baseline.as_ref().map(|(b, _, _)| !b.contains(&r));
-                let s_base = match not_in_baseline {
-                    Some(true) if nt < MIN_HERD => 1.0,
-                    Some(true) if 2 * k > nt => 0.0, // drift, reported once
-                    Some(true) => rarity(k, nt),
-                    _ => 0.0,
-                };
-                let is_new = s.seen.as_ref().map(|seen| !seen.contains(&info.key_hash));
-                let s_novel = match is_new {
-                    Some(true) if nt < MIN_HERD => 1.0,
-                    Some(true) if 2 * k > nt => 0.0, // drift, reported once
-                    Some(true) => 0.5 * (1.0 - k as f64 / nt as f64),
-                    _ => 0.0,
-                };
-                let strength = s_cluster.max(s_base).max(s_novel);
-                if strength <= 0.0 {
-                    continue;
-                }
-                let mut methods = Vec::new();
-                if s_cluster > 0.0 {
-                    methods.push(Method::Cluster);
-                }
-                if s_base > 0.0 {
-                    methods.push(Method::Baseline);
-                }
-                if s_novel > 0.0 {
-                    methods.push(Method::Novelty);
-                }
-                // Same identity, other attributes: "changed".
-                let dominant = s.dominant[info.identity as usize];
-                let cluster_changed = table.profile.has_partial_identity()
-                    && s_cluster > 0.0
-                    && dominant != r
-                    && 2 * s.identity_hosts[info.identity as usize] as usize >= nt
-                    && s.hosts_of_row[dominant as usize].len() > k;
-                let baseline_expected = match (&s.baseline, s_base > 0.0 && table.profile.has_partial_identity()) {
-                    (Some((_, idents, _)), true) => idents.get(&info.identity).copied().filter(|&b| b != r),
-                    _ => None,
-                };
-                let (kind, expected) = if let Some(b) = baseline_expected {
-                    (FindingKind::Changed, Some(b))
-                } else if cluster_changed {
-                    (FindingKind::Changed, Some(dominant))
-                } else if s_base > 0.0 {
-                    (FindingKind::Added, None)
-                } else if s_cluster > 0.0 {
-                    (FindingKind::Rare, None)
-                } else {
-                    (FindingKind::New, None)
-                };
+                let Some(v) = &verdicts[t][r as usize] else { continue };
                 let (row, exact) = display_row(table, r, si as u32, own_hash);
-                let assessment = assess(table.profile.kind, &info.original, kind);
-                let raw = table.profile.weight * assessment.severity * strength;
-                if raw < 0.25 && assessment.indicators.is_empty() {
-                    continue;
-                }
-                let expected_row = expected.map(|e| visible(table, &table.rows[e as usize].original));
-                let prevalence = Prevalence { hosts: k, of: nt };
-                let mut explanation = match (kind, &expected_row) {
-                    (FindingKind::Changed, Some(exp)) => {
-                        let others = expected.map(|e| s.hosts_of_row[e as usize].len()).unwrap_or(0);
-                        let usual = if baseline_expected.is_some() {
-                            "the baseline's value".to_string()
-                        } else {
-                            format!("the value on {others} of {nt} hosts")
-                        };
-                        let identity: Vec<&str> = table
-                            .profile
-                            .identity
-                            .iter()
-                            .filter_map(|c| info.original.get(c).map(String::as_str))
-                            .collect();
-                        format!(
-                            "{} {} changed: {} (this value on {prevalence}; before the arrow, {usual})",
-                            table.name,
-                            identity.join(" "),
-                            differences(exp, &visible(table, &info.original)),
-                        )
-                    }
-                    _ => {
-                        let mut why = Vec::new();
-                        if s_cluster > 0.0 || !methods.contains(&Method::Baseline) {
-                            why.push(format!("seen on {prevalence}"));
-                        }
-                        if hidden > 0 {
-                            why.push(format!("{hidden} of them could not read where it lies"));
-                        }
-                        if s_base > 0.0 {
-                            why.push("not in the baseline".to_string());
-                        }
-                        if s_novel > 0.0 {
-                            why.push(format!("first seen: not in the last {} days of this target", ctx.history_days));
-                        }
-                        format!("{} {}: {}", table.name, summarise(table.profile.kind, &info.original), why.join("; "))
-                    }
-                };
+                let mut explanation = v.explanation.clone();
                 if !exact {
                     explanation.push_str(" (row shown normalised: this host's values differ only in folded numbers)");
                 }
-                if !assessment.indicators.is_empty() {
-                    explanation.push_str(&format!("; {}", assessment.indicators.join("; ")));
+                if !v.assessment.indicators.is_empty() {
+                    explanation.push_str(&format!("; {}", v.assessment.indicators.join("; ")));
+                }
+                if let Some(id) = row_campaign.get(&(t, r)) {
+                    explanation.push_str(&format!(
+                        "; security-relevant, so it counts at any share of the fleet below most of it ({id}: the same on {} hosts)",
+                        s.hosts_of_row[r as usize].len()
+                    ));
+                } else if v.campaign && 2 * s.hosts_of_row[r as usize].len() > n {
+                    explanation.push_str("; security-relevant, so it counts even on most of the fleet");
                 }
                 let finding = Finding {
                     query: table.name.clone(),
-                    kind,
-                    methods,
+                    kind: v.kind,
+                    methods: v.methods.clone(),
                     row,
-                    expected: expected_row,
-                    prevalence,
+                    expected: v.expected.clone(),
+                    prevalence: Prevalence { hosts: s.hosts_of_row[r as usize].len(), of: nt },
                     score: 0.0,
-                    indicators: assessment.indicators,
+                    indicators: v.assessment.indicators.clone(),
                     explanation,
                 };
                 if let Some(rule) = suppressions.matching(settings.now, &host.id, &finding) {
@@ -595,7 +883,7 @@ pub(crate) fn analyze(builder: Builder, ctx: Context, settings: &Settings, suppr
                     per_rule[rule] += 1;
                     continue;
                 }
-                candidates.push(Candidate { table: t, finding, raw_score: raw });
+                candidates.push(Candidate { table: t, finding, raw_score: v.raw });
             }
             // Absences of this table; none where the query could not read
             // everything: "not readable" is not "absent".
@@ -689,6 +977,7 @@ pub(crate) fn analyze(builder: Builder, ctx: Context, settings: &Settings, suppr
             score,
             outlier: score >= settings.threshold,
             cohorts: host_cohorts[a].clone(),
+            campaigns: host_campaigns[a].clone(),
             findings,
             failed_queries: host.failures().cloned().collect(),
             suppressed,
@@ -756,6 +1045,7 @@ pub(crate) fn analyze(builder: Builder, ctx: Context, settings: &Settings, suppr
                 score: 0.0,
                 outlier: false,
                 cohorts: Vec::new(),
+                campaigns: Vec::new(),
                 findings: Vec::new(),
                 failed_queries: Vec::new(),
                 suppressed: 0,
@@ -892,6 +1182,9 @@ pub(crate) fn analyze(builder: Builder, ctx: Context, settings: &Settings, suppr
             ),
         );
     }
+    for c in campaigns.iter().filter(|c| c.fleet_wide).rev() {
+        warnings.insert(0, c.explanation.clone());
+    }
     host_reports.extend(failed_reports);
     Report {
         schema: REPORT_SCHEMA.into(),
@@ -903,6 +1196,7 @@ pub(crate) fn analyze(builder: Builder, ctx: Context, settings: &Settings, suppr
         threshold: settings.threshold,
         coverage,
         hosts: host_reports,
+        campaigns,
         cohorts,
         drift,
         baseline,
@@ -923,6 +1217,7 @@ fn failed_host(h: &HostEntry, message: Option<String>) -> HostReport {
         score: 0.0,
         outlier: false,
         cohorts: Vec::new(),
+        campaigns: Vec::new(),
         findings: Vec::new(),
         failed_queries: h.failures().cloned().collect(),
         suppressed: 0,

@@ -5,7 +5,7 @@ use std::io::{self, Write};
 use std::sync::Mutex;
 
 use diffy_core::engine::{Event, EventSink};
-use diffy_core::report::{FindingKind, Method, Presence, Report};
+use diffy_core::report::{CohortKind, FindingKind, Method, Presence, Report};
 use diffy_core::{HostStatus, RunManifest, RunState};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
@@ -194,6 +194,56 @@ fn visibility(out: &mut dyn Write, r: &Report) -> io::Result<()> {
     Ok(())
 }
 
+/// At most six host ids, then how many more.
+fn some_hosts(hosts: &[String]) -> String {
+    if hosts.len() <= 6 { hosts.join(", ") } else { format!("{}, … {} more", hosts[..5].join(", "), hosts.len() - 5) }
+}
+
+/// The same security-relevant rows on several hosts: before the outliers,
+/// fleet-wide ones first, because a mass compromise is read before its hosts.
+fn campaigns(out: &mut dyn Write, r: &Report, show: usize) -> io::Result<()> {
+    if r.campaigns.is_empty() {
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{} campaign{} (the same security-relevant rows on several hosts, no deploy explains them):",
+        r.campaigns.len(),
+        if r.campaigns.len() == 1 { "" } else { "s" }
+    )?;
+    for c in r.campaigns.iter().take(show * 4) {
+        writeln!(
+            out,
+            "  {}{}: {} of {} hosts ({})",
+            c.id,
+            if c.fleet_wide { " FLEET-WIDE" } else { "" },
+            c.prevalence.hosts,
+            c.prevalence.of,
+            some_hosts(&c.hosts)
+        )?;
+        for row in c.rows.iter().take(show) {
+            let text: Vec<String> = row.row.iter().map(|(k, v)| format!("{}={}", term(k, 40), term(v, 60))).collect();
+            let why = row.indicators.first().map(|i| format!("  [{}]", term(i, 80))).unwrap_or_default();
+            writeln!(
+                out,
+                "     {} on {} of {}: {} {}{why}",
+                kind(row.kind),
+                row.prevalence.hosts,
+                row.prevalence.of,
+                row.query,
+                text.join(" ")
+            )?;
+        }
+        if c.rows.len() > show {
+            writeln!(out, "     … {} more rows", c.rows.len() - show)?;
+        }
+    }
+    if r.campaigns.len() > show * 4 {
+        writeln!(out, "  … {} more (--format json)", r.campaigns.len() - show * 4)?;
+    }
+    writeln!(out)
+}
+
 fn render_report(out: &mut dyn Write, r: &Report, evidence: Option<&str>, show: usize) -> io::Result<()> {
     match &r.run {
         Some(run) => {
@@ -243,6 +293,8 @@ fn render_report(out: &mut dyn Write, r: &Report, evidence: Option<&str>, show: 
     }
     writeln!(out)?;
 
+    campaigns(out, r, show)?;
+
     let outliers: Vec<_> = r.outliers().collect();
     if outliers.is_empty() {
         if r.partial_view() {
@@ -271,8 +323,9 @@ fn render_report(out: &mut dyn Write, r: &Report, evidence: Option<&str>, show: 
         for h in &outliers {
             writeln!(out)?;
             write!(out, "  #{} {}  score {}", h.rank.unwrap_or(0), h.host, h.score)?;
-            if !h.cohorts.is_empty() {
-                write!(out, "  (in {})", h.cohorts.join(", "))?;
+            let groups: Vec<&str> = h.campaigns.iter().chain(&h.cohorts).map(String::as_str).collect();
+            if !groups.is_empty() {
+                write!(out, "  (in {})", groups.join(", "))?;
             }
             writeln!(out)?;
             for f in h.findings.iter().take(show) {
@@ -298,17 +351,17 @@ fn render_report(out: &mut dyn Write, r: &Report, evidence: Option<&str>, show: 
         writeln!(out)?;
         writeln!(out, "Cohorts (hosts that differ together, e.g. a canary; not scored):")?;
         for co in &r.cohorts {
-            let hosts = if co.hosts.len() <= 6 {
-                co.hosts.join(", ")
-            } else {
-                format!("{}, … {} more", co.hosts[..5].join(", "), co.hosts.len() - 5)
+            let what = match (&co.kind, &co.explained_by) {
+                (CohortKind::Deploy, Some(label)) => format!("deploy, {}", term(label, 80)),
+                _ => "UNEXPLAINED: no label sets these hosts apart".to_string(),
             };
             writeln!(
                 out,
-                "  {}: {} of {} hosts ({hosts}), {} rows",
+                "  {}: {} of {} hosts ({}), {} rows; {what}",
                 co.id,
                 co.prevalence.hosts,
                 co.prevalence.of,
+                some_hosts(&co.hosts),
                 co.rows.len()
             )?;
             for row in co.rows.iter().take(show) {

@@ -14,7 +14,7 @@
 //! | `kernel_modules` | name, size, used_by, status, address |
 //! | `users` | username, uid, gid, description, directory, shell |
 //! | `authorized_keys` | uid, username, key_file, options, algorithm, key, comment |
-//! | `file_hashes` | path, sha256 |
+//! | `file_hashes` | path, sha256, package_check |
 //! | `shell_history` | username, history_file |
 //! | `suid_bin` | path, username, groupname, permissions |
 //! | `startup_items` | name, path, source, status |
@@ -25,7 +25,8 @@
 //! | `shadow` | username, password_state, last_change, max_days |
 //! | `hidden_processes` | pid, name, path, cmdline |
 //!
-//! The last five are the same shell in both packs (osquery's `process_memory_map`,
+//! The last five, and `file_hashes` (no osquery table holds package
+//! checksums), are the same shell in both packs (osquery's `process_memory_map`,
 //! `process_envs` and `shadow` tables are not used yet).
 
 use std::path::Path;
@@ -482,21 +483,45 @@ fn probe_of(name: &str) -> Option<(&'static str, ShellChecks)> {
 
 fn file_hashes_sh() -> String {
     // On usr-merged systems /bin and /sbin link to /usr: hash each file once
-    // (every /bin and /sbin entry of the list has its /usr twin).
+    // (every /bin and /sbin entry of the list has its /usr twin). Each file is
+    // checked against the MD5 its package recorded (dpkg's md5sums, which
+    // list `bin/ls` for what usr-merge put at /usr/bin/ls): `ok`, `mismatch`
+    // (replaced after installation), `unpackaged`, or `unknown` without dpkg.
     let mut s = String::from("merged=0\n[ -L /bin ] && [ -L /sbin ] && merged=1\nset --\nfor f in");
     for p in KEY_BINARIES {
         s.push(' ');
         s.push_str(p);
     }
     s.push_str(
-        "; do\n  case $merged:$f in 1:/bin/*|1:/sbin/*) continue ;; esac\n  [ -f \"$f\" ] && set -- \"$@\" \"$f\"\ndone\n[ $# -gt 0 ] || exit 0\nsha256sum \"$@\"",
+        r#"; do
+  case $merged:$f in 1:/bin/*|1:/sbin/*) continue ;; esac
+  [ -f "$f" ] && set -- "$@" "$f"
+done
+printf 'path\tsha256\tpackage_check\n'
+[ $# -gt 0 ] || exit 0
+db=
+[ -d /var/lib/dpkg/info ] && db=dpkg
+{
+  sha256sum "$@" | sed 's/^/S /'
+  if [ "$db" = dpkg ]; then
+    md5sum "$@" | sed 's/^/M /'
+    cat /var/lib/dpkg/info/*.md5sums 2>/dev/null | sed 's/^/D /'
+  fi
+} | awk -v db="$db" '
+  { p = substr($0, length($1 $2) + 4) }
+  $1 == "S" { if (!(p in sha)) order[++n] = p; sha[p] = $2; next }
+  $1 == "M" { md5[p] = $2; next }
+  $1 == "D" { p = "/" p; pkg[p] = $2; if (p !~ /^\/usr\//) pkg["/usr" p] = $2; next }
+  END {
+    for (i = 1; i <= n; i++) {
+      p = order[i]
+      c = "unknown"
+      if (db != "") c = (p in pkg) ? (pkg[p] == md5[p] ? "ok" : "mismatch") : "unpackaged"
+      printf "%s\t%s\t%s\n", p, sha[p], c
+    }
+  }'"#,
     );
     s
-}
-
-fn file_hashes_sql() -> String {
-    let list: Vec<String> = KEY_BINARIES.iter().map(|p| format!("'{p}'")).collect();
-    format!("SELECT path, sha256 FROM hash WHERE path IN ({});", list.join(", "))
 }
 
 const STANDARD: &[Standard] = &[
@@ -562,10 +587,10 @@ const STANDARD: &[Standard] = &[
         name: "file_hashes",
         identity: &["path"],
         volatile: &[],
-        description: "SHA-256 of key system binaries",
+        description: "SHA-256 of key system binaries, and whether each matches the checksum its package recorded",
         osquery: "",
         shell: "",
-        format: OutputFormat::Sha256sum,
+        format: OutputFormat::Tsv,
     },
     Standard {
         name: "shell_history",
@@ -653,10 +678,12 @@ const STANDARD: &[Standard] = &[
 ];
 
 fn standard_query(s: &Standard, osquery: bool) -> Query {
-    // A query without SQL asks osquery's hosts the shell way (no table holds it).
-    let via_osquery = osquery && (!s.osquery.is_empty() || s.name == "file_hashes");
+    // A query without SQL asks osquery's hosts the shell way (no table holds
+    // it: osquery's `hash` has no package checksums).
+    let via_osquery = osquery && !s.osquery.is_empty();
+    let shell = if s.name == "file_hashes" { file_hashes_sh() } else { s.shell.to_string() };
     let mut q = if via_osquery {
-        let sql = if s.name == "file_hashes" { file_hashes_sql() } else { s.osquery.to_string() };
+        let sql = s.osquery.to_string();
         match (probe_of(s.name), shlex::try_quote(&sql)) {
             // osqueryi's exit status is the query's; the probe only adds
             // diffy-unseen lines to its standard error.
@@ -671,15 +698,13 @@ fn standard_query(s: &Standard, osquery: bool) -> Query {
         // The osquery pack needs osqueryi on every host; without it, these
         // fail as its other queries do (exit 127), not answer alone.
         let sh = format!(
-            "command -v osqueryi >/dev/null 2>&1 || {{ echo 'osqueryi: command not found' >&2; exit 127; }}\n{}",
-            s.shell
+            "command -v osqueryi >/dev/null 2>&1 || {{ echo 'osqueryi: command not found' >&2; exit 127; }}\n{shell}"
         );
         Query::shell(s.name, sh, s.format)
     } else {
         let sh = match probe_of(s.name) {
-            _ if s.name == "file_hashes" => file_hashes_sh(),
-            Some((probe, ShellChecks::Probe)) => format!("( {probe}\n) </dev/null\n{}", s.shell),
-            _ => s.shell.to_string(),
+            Some((probe, ShellChecks::Probe)) => format!("( {probe}\n) </dev/null\n{shell}"),
+            _ => shell,
         };
         Query::shell(s.name, sh, s.format)
     };

@@ -175,6 +175,10 @@ pub struct HostReport {
     /// Cohorts the host belongs to.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cohorts: Vec<String>,
+    /// Campaigns (the same security-relevant rows on several hosts) the host
+    /// belongs to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub campaigns: Vec<String>,
     /// Why the host stands out, highest score first.
     pub findings: Vec<Finding>,
     /// Queries that gave no usable rows on this host.
@@ -281,6 +285,20 @@ pub struct CohortRow {
     pub prevalence: Prevalence,
 }
 
+/// What explains a cohort.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CohortKind {
+    /// A label (a launch template version, an image, an instance type, a
+    /// launch window, a label of the host list) sets these hosts apart: a
+    /// deploy. Its rows, sensitive ones included, are not scored.
+    Deploy,
+    /// No label explains it: only rows that are not security-relevant are
+    /// left unscored; any sensitive row it had is scored (see campaigns).
+    #[default]
+    Unexplained,
+}
+
 /// A sizeable group of hosts that differ from the rest in the same way (a
 /// canary, a blue/green half): reported once, not as outliers.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -288,6 +306,13 @@ pub struct CohortRow {
 pub struct Cohort {
     /// The cohort's id within this report (`cohort-1`, ...).
     pub id: String,
+    /// Deploy (a label explains it) or unexplained.
+    #[serde(default)]
+    pub kind: CohortKind,
+    /// The label that explains it (`launch_template=lt-0abc v8`, `launched
+    /// 2026-11-30T10:00:00Z to 2026-11-30T10:20:00Z`), for a deploy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub explained_by: Option<String>,
     /// Its hosts.
     pub hosts: Vec<String>,
     /// How many hosts it has, of how many analysed.
@@ -298,6 +323,44 @@ pub struct Cohort {
     /// The rows that set it apart.
     pub rows: Vec<CohortRow>,
     /// One sentence saying what the cohort is.
+    pub explanation: String,
+}
+
+/// One row of a campaign.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CampaignRow {
+    /// The query.
+    pub query: String,
+    /// Rare, changed, added or new.
+    pub kind: FindingKind,
+    /// The row (normalised: volatile columns left out).
+    pub row: Row,
+    /// Why it is security-relevant.
+    pub indicators: Vec<String>,
+    /// On how many hosts, of how many with usable evidence for the query.
+    pub prevalence: Prevalence,
+    /// The hosts that have it.
+    pub hosts: Vec<String>,
+}
+
+/// The same security-relevant rows on several hosts, that no deploy explains:
+/// one compromise run across the fleet. Its hosts are outliers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Campaign {
+    /// The campaign's id within this report (`campaign-1`, ...).
+    pub id: String,
+    /// On most of the fleet (more than half of the hosts): the worst case,
+    /// reported first.
+    pub fleet_wide: bool,
+    /// Every host that has one of its rows.
+    pub hosts: Vec<String>,
+    /// How many hosts, of how many analysed.
+    pub prevalence: Prevalence,
+    /// Its rows, strongest first.
+    pub rows: Vec<CampaignRow>,
+    /// One sentence saying what it is.
     pub explanation: String,
 }
 
@@ -477,6 +540,9 @@ pub struct Report {
     pub coverage: Coverage,
     /// Every targeted host, highest score first, then hosts without evidence.
     pub hosts: Vec<HostReport>,
+    /// The same security-relevant rows on several hosts (fleet-wide ones first).
+    #[serde(default)]
+    pub campaigns: Vec<Campaign>,
     /// Groups of hosts that differ together.
     pub cohorts: Vec<Cohort>,
     /// Differences shared by most of the fleet.

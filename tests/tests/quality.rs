@@ -91,7 +91,7 @@ fn two_hundred_hosts() {
     for seed in 1..=3 {
         let spec = FleetSpec::new(200, seed).other_instance_type(if seed == 2 { 0.15 } else { 0.0 });
         let (report, truth) = analyse(&spec, &[]);
-        assert_eq!(truth.compromised.len(), 7, "one of each kind");
+        assert_eq!(truth.compromised.len(), Compromise::ALL.len(), "one of each kind");
         assert!(truth.compromised.keys().any(|h| truth.canary.contains(h)), "one compromise hides in the canary");
         judge(&spec, &report, &truth);
     }
@@ -101,7 +101,7 @@ fn two_hundred_hosts() {
 fn two_thousand_hosts() {
     let spec = FleetSpec::new(2000, 11).other_instance_type(0.05).labels(true);
     let (report, truth) = analyse(&spec, &[]);
-    assert_eq!(truth.compromised.len(), 14, "two of each kind");
+    assert_eq!(truth.compromised.len(), 2 * Compromise::ALL.len(), "two of each kind");
     judge(&spec, &report, &truth);
     let canary = report.cohorts.iter().find(|c| c.hosts.len() == truth.canary.len()).unwrap();
     assert_eq!(
@@ -202,4 +202,113 @@ fn the_demo_fleet_of_the_readme_shows_its_planted_compromises() {
     let planted: BTreeSet<&str> = truth["compromised"].as_object().unwrap().keys().map(String::as_str).collect();
     assert_eq!(outliers, planted, "the README's demo shows exactly the planted compromises");
     assert!(report.cohorts.len() >= 2, "and the canary and the other instance type as cohorts");
+}
+
+/// Every kind of compromise, run across a share of the fleet with the same
+/// artifact everywhere, beside a 10 % canary: shares are grouped so that the
+/// campaigns of one fleet reach at most 80 % of its old-version hosts.
+fn campaign_fleets(hosts: usize, labels: bool) -> Vec<FleetSpec> {
+    let kinds = Compromise::ALL;
+    let mut specs = Vec::new();
+    let mut seed = hosts as u64 * 10 + labels as u64;
+    for (share, per_fleet) in [(0.02, 8), (0.05, 8), (0.10, 4), (0.25, 2), (0.50, 1)] {
+        for group in kinds.chunks(per_fleet) {
+            seed += 1;
+            let mut spec = FleetSpec::new(hosts, seed).labels(labels);
+            if share >= 0.5 {
+                // A single compromise of the same kind would share the
+                // campaign's folded rows and carry it past half the fleet.
+                spec = spec.compromises(vec![]);
+            }
+            if hosts >= 1000 {
+                spec = spec.other_instance_type(0.03);
+            }
+            for &kind in group {
+                spec = spec.campaign(kind, share);
+            }
+            specs.push(spec);
+        }
+    }
+    specs
+}
+
+fn judge_campaigns(spec: &FleetSpec, report: &Report, truth: &Truth, labels: bool, how: &str) {
+    let label = format!("{} hosts, seed {}, {how}", spec.hosts, spec.seed);
+    for (kind, hosts) in &truth.campaigns {
+        let c = report
+            .campaigns
+            .iter()
+            // A single compromise of the same kind may share the campaign's
+            // row once numbers are folded (a reverse shell's address): it joins.
+            .find(|c| {
+                c.rows.iter().any(|r| {
+                    let with: BTreeSet<String> = r.hosts.iter().cloned().collect();
+                    r.query == kind.query() && with.is_superset(hosts) && with.len() <= hosts.len() + 2
+                })
+            })
+            .unwrap_or_else(|| {
+                panic!(
+                    "{label}: the {kind} campaign on {} hosts is reported with its hosts: {:#?}",
+                    hosts.len(),
+                    report.campaigns
+                )
+            });
+        assert!(
+            c.hosts.iter().all(|h| truth.compromised.contains_key(h)),
+            "{label}: {kind}: only compromised hosts: {c:#?}"
+        );
+        assert!(!c.fleet_wide, "{label}: {kind} on at most half the fleet is not fleet-wide");
+        for h in hosts {
+            let hr = report.hosts.iter().find(|x| &x.host == h).unwrap();
+            assert!(hr.campaigns.contains(&c.id), "{label}: {h} names its campaign");
+        }
+    }
+    let canary =
+        report.cohorts.iter().find(|c| c.hosts.iter().cloned().collect::<BTreeSet<_>>() == truth.canary).unwrap();
+    if labels {
+        assert_eq!(canary.kind, diffy_core::report::CohortKind::Deploy, "{label}: a labelled canary is a deploy");
+        assert!(canary.explained_by.is_some(), "{label}: and says which label explains it");
+    } else {
+        assert_eq!(
+            canary.kind,
+            diffy_core::report::CohortKind::Unexplained,
+            "{label}: nothing explains an unlabelled canary"
+        );
+    }
+}
+
+fn campaigns_at(hosts: usize, labels: bool) {
+    for spec in campaign_fleets(hosts, labels) {
+        let d = Diffy::new();
+        let truth = write_fleet(&spec, &d.path("fleet"), true).unwrap();
+        for (how, extra) in [("with a baseline", &[][..]), ("without a baseline", &["--method", "cluster"][..])] {
+            let mut args = vec!["analyze", "--import", "fleet", "--format", "json"];
+            args.extend(extra);
+            let r = d.run(&args);
+            assert_eq!(r.code, 1, "{}", r.stderr);
+            let report = r.report();
+            judge(&spec, &report, &truth);
+            judge_campaigns(&spec, &report, &truth, labels, how);
+        }
+    }
+}
+
+#[test]
+fn campaigns_on_two_hundred_labelled_hosts() {
+    campaigns_at(200, true);
+}
+
+#[test]
+fn campaigns_on_two_hundred_unlabelled_hosts() {
+    campaigns_at(200, false);
+}
+
+#[test]
+fn campaigns_on_two_thousand_labelled_hosts() {
+    campaigns_at(2000, true);
+}
+
+#[test]
+fn campaigns_on_two_thousand_unlabelled_hosts() {
+    campaigns_at(2000, false);
 }

@@ -1,6 +1,9 @@
 //! `diffy-simulate --hosts N [--seed S] [--canary F] [--other-instance-type F]
-//! [--baseline] [--labels] --out DIR`: writes a simulated fleet in the import
+//! [--baseline] [--labels] [--campaign KIND:SHARE ...] --out DIR`: writes a
+//! simulated fleet in the import
 //! format (`DIR/hosts/<id>.json`), with its ground truth in `DIR/truth.json`.
+//! A campaign plants one compromise (`root_key`, `modified_binary`, ...) with
+//! the same artifact on SHARE (0 to 1) of the hosts.
 //! Analyse it with `diffy analyze --import DIR`.
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
@@ -8,11 +11,11 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use diffy_testkit::fleet::{FleetSpec, write_fleet};
+use diffy_testkit::fleet::{Compromise, FleetSpec, write_fleet};
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: diffy-simulate --hosts N [--seed S] [--canary F] [--other-instance-type F] [--baseline] [--labels] --out DIR"
+        "usage: diffy-simulate --hosts N [--seed S] [--canary F] [--other-instance-type F] [--baseline] [--labels] [--campaign KIND:SHARE ...] --out DIR"
     );
     ExitCode::from(2)
 }
@@ -21,6 +24,7 @@ fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
     let (mut hosts, mut seed, mut canary, mut other, mut baseline, mut labels, mut out) =
         (None, 1, 0.10, 0.0, false, false, None);
+    let mut campaigns = Vec::new();
     while let Some(a) = args.next() {
         let mut value = || args.next();
         let ok = match a.as_str() {
@@ -29,6 +33,14 @@ fn main() -> ExitCode {
             "--canary" => value().and_then(|v| v.parse().ok()).map(|v| canary = v).is_some(),
             "--other-instance-type" => value().and_then(|v| v.parse().ok()).map(|v| other = v).is_some(),
             "--out" => value().map(|v| out = Some(PathBuf::from(v))).is_some(),
+            "--campaign" => value()
+                .and_then(|v| {
+                    let (kind, share) = v.split_once(':')?;
+                    let kind = Compromise::ALL.into_iter().find(|k| k.to_string() == kind)?;
+                    Some((kind, share.parse::<f64>().ok().filter(|s| (0.0..=1.0).contains(s))?))
+                })
+                .map(|c| campaigns.push(c))
+                .is_some(),
             "--baseline" => {
                 baseline = true;
                 true
@@ -48,7 +60,10 @@ fn main() -> ExitCode {
         eprintln!("error: {} already has a hosts/ folder; choose a new --out", out.display());
         return ExitCode::from(2);
     }
-    let spec = FleetSpec::new(hosts, seed).canary(canary).other_instance_type(other).labels(labels);
+    let mut spec = FleetSpec::new(hosts, seed).canary(canary).other_instance_type(other).labels(labels);
+    for (kind, share) in campaigns {
+        spec = spec.campaign(kind, share);
+    }
     match write_fleet(&spec, &out, baseline) {
         Ok(truth) => {
             println!(
@@ -56,7 +71,13 @@ fn main() -> ExitCode {
                 truth.hosts.len(),
                 out.display(),
                 truth.compromised.len(),
-                truth.compromised.values().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+                {
+                    let mut kinds = std::collections::BTreeMap::new();
+                    for k in truth.compromised.values() {
+                        *kinds.entry(k.to_string()).or_insert(0) += 1;
+                    }
+                    kinds.iter().map(|(k, n)| format!("{k} {n}")).collect::<Vec<_>>().join(", ")
+                },
                 truth.canary.len(),
                 truth.other_instance_type.len()
             );
