@@ -660,9 +660,11 @@ pub(crate) fn analyze(builder: Builder, ctx: Context, settings: &Settings, suppr
         // Security relevance is not diluted by prevalence: a strong row counts
         // on any share of the fleet below most of it, and whatever its share
         // when the baseline lacks it or the target never showed it.
-        // "Most of the fleet" counts every analysed host: a query that failed
-        // on some does not make a campaign on half of them the norm.
-        let campaign_cluster = cluster_on && 2 * k <= n;
+        // "Most of the fleet" counts every analysed host (a query that failed
+        // on some does not make a campaign on half of them the norm) but those
+        // that could not read where the row lies.
+        // A herd is needed to say "below most".
+        let campaign_cluster = cluster_on && n >= MIN_HERD && 2 * k <= n.saturating_sub(hidden);
         let campaign =
             assessment.strong() && (campaign_cluster || not_in_baseline == Some(true) || is_new == Some(true));
         let strength = s_cluster.max(s_base).max(s_novel);
