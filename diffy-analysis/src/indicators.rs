@@ -33,8 +33,10 @@
 //! and cohorts may do to it:
 //!
 //! - **attack**: a pattern of attack, every indicator above of × 3 or more
-//!   except a deleted executable (package upgrades leave those), and a system
-//!   binary that differs from the checksum its package recorded. A cohort never
+//!   except a deleted executable (package upgrades leave those), `pam_exec`
+//!   and passwordless sudo (sensitive), and executables among the temporary
+//!   files (programs unpack helpers there); and a system binary that differs
+//!   from the checksum its package recorded. A cohort never
 //!   explains it, and it makes its hosts outliers at any prevalence below most of
 //!   the fleet;
 //! - **sensitive**: a change a deploy can make but an attacker wants too: a

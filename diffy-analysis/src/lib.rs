@@ -32,19 +32,25 @@
 //!   hosts (launch template or configuration version, image, instance type,
 //!   Auto Scaling group, any label of `--hosts` or of imported host files)
 //!   whose hosts are the cohort's within a fifth (Jaccard ≥ 0.8), or a launch
-//!   window holding the cohort's hosts and (nearly) no others. It explains
-//!   every row but patterns of attack;
+//!   window holding the cohort's hosts and (nearly) no others; placement
+//!   labels (zone, region, account) do not count. It explains every row but
+//!   patterns of attack, and needs no particular shape (one row on two hosts
+//!   will do);
 //! - an **unexplained** cohort explains only rows that are not
 //!   security-relevant. Its sensitive rows (a changed system binary, a new
 //!   key, account or kernel module, a PAM or sudoers rule, a web server or
-//!   interpreter listening) are scored like anyone's.
+//!   interpreter listening) are scored like anyone's. Rows with indicators of
+//!   severity above 2 that are not sensitive never join a cohort.
 //!
 //! ## Campaigns
 //!
 //! The same compromise run across the fleet lands the same rows on many hosts.
-//! A strong row (attack or sensitive, not explained by a deploy) counts on any
-//! share of the fleet below half, and whatever its share when the baseline
-//! lacks it or the target's history never showed it: it contributes at least
+//! A strong row (attack or sensitive, not explained by a deploy) counts, for
+//! the cluster method, on any share up to half of the analysed hosts (a herd of
+//! [`MIN_HERD`] or more, not counting hosts that could not read where it lies,
+//! and not on nine tenths of those that could read it), and whatever its share
+//! when the baseline lacks it or the target's history never showed it: it
+//! contributes at least
 //! [`STRONG_FLOOR`] plus its rarity, so that alone it makes its host an outlier
 //! and rarer rows still rank higher. Strong rows on two hosts or more are
 //! grouped by the hosts that have them into the report's campaigns, each

@@ -162,8 +162,26 @@ struct LabelGroups {
     launched: Vec<(DateTime<Utc>, u32)>,
 }
 
-/// Labels that name a host rather than how it was built.
-const NOT_A_BUILD: &[&str] = &["name", "launch_time", "private_ip", "public_ip", "private_dns", "hostname", "ip"];
+/// Labels that name a host, or say where it runs, rather than how it was
+/// built: an attacker's spread within one zone or account is not a deploy.
+const NOT_A_BUILD: &[&str] = &[
+    "name",
+    "launch_time",
+    "private_ip",
+    "public_ip",
+    "private_dns",
+    "hostname",
+    "ip",
+    "az",
+    "availability_zone",
+    "region",
+    "account",
+    "owner",
+    "subnet",
+    "subnet_id",
+    "vpc",
+    "vpc_id",
+];
 
 impl LabelGroups {
     fn new(analysed: &[usize], survey: &[HostEntry]) -> Self {
@@ -194,9 +212,11 @@ impl LabelGroups {
     /// The label (or launch window) whose hosts are, within a fifth, these
     /// hosts and no others.
     fn explain(&self, hosts: &[u32]) -> Option<String> {
+        let (lo, hi) = (hosts.len() as f64 * 0.8, hosts.len() as f64 * 1.25);
         let best = self
             .groups
             .iter()
+            .filter(|(_, h)| (lo..=hi).contains(&(h.len() as f64)))
             .map(|(l, h)| (jaccard(hosts, h), l))
             .filter(|(j, _)| *j >= 0.8)
             .max_by(|a, b| a.0.total_cmp(&b.0).then_with(|| b.1.cmp(a.1)));
@@ -259,6 +279,10 @@ fn campaigns(
         let mut hosts = sigs[i].0.to_vec();
         let mut rows = sigs[i].1.clone();
         for j in i + 1..sigs.len() {
+            // Sorted by size: past a fifth smaller, no set overlaps enough.
+            if (sigs[j].0.len() as f64) < 0.8 * sigs[i].0.len() as f64 {
+                break;
+            }
             if !used[j] && jaccard(sigs[i].0, sigs[j].0) >= 0.8 {
                 used[j] = true;
                 rows.extend(sigs[j].1.iter().copied());
@@ -437,12 +461,35 @@ pub(crate) fn analyze(builder: Builder, ctx: Context, settings: &Settings, suppr
         if table.profile.has_partial_identity()
             && d as usize != r
             && 2 * s.identity_hosts[info.identity as usize] as usize >= s.usable.len()
-            && (s.hosts_of_row[d as usize].len() >= s.hosts_of_row[r].len()
+            && (s.hosts_of_row[d as usize].len() > s.hosts_of_row[r].len()
                 || disowned(table.profile.kind, &info.original))
         {
             FindingKind::Changed
         } else {
             FindingKind::Rare
+        }
+    };
+
+    // The kind of finding a present row is, and the row it replaced: the same
+    // in the cohort pass and in the verdicts.
+    let row_kind = |t: usize, r: usize| -> (FindingKind, Option<u32>, bool) {
+        let (table, s) = (&tables[t], &stats[t]);
+        let info = &table.rows[r];
+        let not_in_baseline = s.baseline.as_ref().is_some_and(|(b, _, _)| !b.contains(&(r as u32)));
+        let baseline_expected = match (&s.baseline, not_in_baseline && table.profile.has_partial_identity()) {
+            (Some((_, idents, _)), true) => idents.get(&info.identity).copied().filter(|&b| b != r as u32),
+            _ => None,
+        };
+        if let Some(b) = baseline_expected {
+            (FindingKind::Changed, Some(b), true)
+        } else if cluster_on && cluster_kind(t, r) == FindingKind::Changed {
+            (FindingKind::Changed, Some(s.dominant[info.identity as usize]), false)
+        } else if not_in_baseline {
+            (FindingKind::Added, None, false)
+        } else if cluster_on {
+            (FindingKind::Rare, None, false)
+        } else {
+            (FindingKind::New, None, false)
         }
     };
 
@@ -467,7 +514,7 @@ pub(crate) fn analyze(builder: Builder, ctx: Context, settings: &Settings, suppr
                     continue;
                 };
                 let row = &table.rows[r].original;
-                let mut a = assess(table.profile.kind, row, cluster_kind(t, r));
+                let mut a = assess(table.profile.kind, row, row_kind(t, r).0);
                 if presence == Presence::Absent {
                     // The hosts that lack a strong row are not a cohort
                     // explaining it: they are the clean ones.
@@ -495,7 +542,14 @@ pub(crate) fn analyze(builder: Builder, ctx: Context, settings: &Settings, suppr
             rows.len() >= 2 && (hosts >= 3 || replaced)
         };
         for i in 0..groups.len() {
-            if absorbed[i] || !enough(groups[i].0.len(), &groups[i].1) {
+            // A label makes any shared difference a deploy, even one row on
+            // two hosts; without one, a cohort needs the shape of a deploy.
+            if absorbed[i] {
+                continue;
+            }
+            let shaped = enough(groups[i].0.len(), &groups[i].1);
+            let because = if shaped || groups[i].1.iter().any(|g| g.3) { labels.explain(&groups[i].0) } else { None };
+            if because.is_none() && !shaped {
                 continue;
             }
             absorbed[i] = true;
@@ -513,7 +567,6 @@ pub(crate) fn analyze(builder: Builder, ctx: Context, settings: &Settings, suppr
                     rows.extend(groups[j].1.iter().copied());
                 }
             }
-            let because = labels.explain(&groups[i].0);
             if because.is_none() {
                 // Nothing says these hosts were built differently: their
                 // sensitive rows are scored like anyone's.
@@ -640,22 +693,7 @@ pub(crate) fn analyze(builder: Builder, ctx: Context, settings: &Settings, suppr
             _ => 0.0,
         };
         // Same identity, other attributes: "changed".
-        let baseline_expected =
-            match (&s.baseline, not_in_baseline == Some(true) && table.profile.has_partial_identity()) {
-                (Some((_, idents, _)), true) => idents.get(&info.identity).copied().filter(|&b| b != r as u32),
-                _ => None,
-            };
-        let (kind, expected) = if let Some(b) = baseline_expected {
-            (FindingKind::Changed, Some(b))
-        } else if cluster_on && cluster_kind(t, r) == FindingKind::Changed {
-            (FindingKind::Changed, Some(s.dominant[info.identity as usize]))
-        } else if not_in_baseline == Some(true) {
-            (FindingKind::Added, None)
-        } else if cluster_on {
-            (FindingKind::Rare, None)
-        } else {
-            (FindingKind::New, None)
-        };
+        let (kind, expected, from_baseline) = row_kind(t, r);
         let assessment = assess(table.profile.kind, &info.original, kind);
         // Security relevance is not diluted by prevalence: a strong row counts
         // on any share of the fleet below most of it, and whatever its share
@@ -664,7 +702,10 @@ pub(crate) fn analyze(builder: Builder, ctx: Context, settings: &Settings, suppr
         // on some does not make a campaign on half of them the norm) but those
         // that could not read where the row lies.
         // A herd is needed to say "below most".
-        let campaign_cluster = cluster_on && n >= MIN_HERD && 2 * k <= n.saturating_sub(hidden);
+        // Nor does a row every readable host has become one when the query
+        // failed on many: some of the hosts that could read it must lack it.
+        let campaign_cluster =
+            cluster_on && n >= MIN_HERD && 2 * k <= n.saturating_sub(hidden) && 10 * k < 9 * nt.saturating_sub(hidden);
         let campaign =
             assessment.strong() && (campaign_cluster || not_in_baseline == Some(true) || is_new == Some(true));
         let strength = s_cluster.max(s_base).max(s_novel);
@@ -693,7 +734,7 @@ pub(crate) fn analyze(builder: Builder, ctx: Context, settings: &Settings, suppr
         let explanation = match (kind, &expected_row) {
             (FindingKind::Changed, Some(exp)) => {
                 let others = expected.map(|e| s.hosts_of_row[e as usize].len()).unwrap_or(0);
-                let usual = if baseline_expected.is_some() {
+                let usual = if from_baseline {
                     "the baseline's value".to_string()
                 } else {
                     format!("the value on {others} of {nt} hosts")

@@ -68,7 +68,7 @@ pub use error::{Error, Result};
 pub use names::{Host, HostId, RunId, TargetKey};
 pub use payload::{FilePayload, OsqueryPayload, Payload, PayloadContext, ShellPayload};
 pub use persistence::{BaselineWrite, Persistence, PersistenceExt};
-pub use query::{OutputFormat, PayloadSpec, Query, QueryCommand, Row};
+pub use query::{OSQUERYI_FLAGS, OutputFormat, PayloadSpec, Query, QueryCommand, Row, osqueryi_command};
 pub use report::{
     Cohort, CohortRow, Coverage, Finding, FindingKind, FleetFinding, HostReport, Method, Prevalence, Report,
 };

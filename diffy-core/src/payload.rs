@@ -25,9 +25,23 @@
 //! | `shadow` | username, password_state, last_change, max_days |
 //! | `hidden_processes` | pid, name, path, cmdline |
 //!
-//! The last five, and `file_hashes` (no osquery table holds package
-//! checksums), are the same shell in both packs (osquery's `process_memory_map`,
-//! `process_envs` and `shadow` tables are not used yet).
+//! One row shape per query, whichever pack asks. osquery answers five
+//! queries with its own tables, its SQL aliased to these columns and put in
+//! this shape where osquery differs (`processes` puts back the ` (deleted)`
+//! osquery moves to `on_disk`; the shell pack's `crontab` collapses runs of
+//! spaces and tabs in `command`, as osquery does): `processes`,
+//! `listening_ports`, `crontab`, `kernel_modules`, `users`. Every other query
+//! is the same shell in both packs, because osquery's table for it sees less
+//! or answers another question; each query's description says why
+//! (`diffy plugins`, `--format json`). osquery's `process_memory_map`,
+//! `process_envs` and `shadow` tables are not used yet.
+//!
+//! osqueryi runs with `--flagfile=/dev/null` (a host's flag file cannot load
+//! extensions or change what it reads), `--disable_database`,
+//! `--disable_extensions` and `--disable_events`: no database, socket or
+//! history is written. It still creates `~/.osquery/`; the payload removes it
+//! afterwards when it did not exist before and is empty, which leaves the home
+//! directory's modification time changed.
 
 use std::path::Path;
 
@@ -98,6 +112,8 @@ pub const KEY_BINARIES: &[&str] = &[
 
 struct Standard {
     name: &'static str,
+    /// The row shape both packs give (the module documentation's table).
+    columns: &'static [&'static str],
     identity: &'static [&'static str],
     volatile: &'static [&'static str],
     description: &'static str,
@@ -285,35 +301,6 @@ t=$(printf '\t')
   done
 }"#;
 
-// osquery's file and hash tables on the same locations (osquery cannot tell
-// a package's files from the others: every entry is listed).
-const PERSISTENCE_SQL: &str = "SELECT f.path, CASE WHEN f.symlink = 1 THEN 'link' WHEN f.type = 'regular' THEN 'file' \
-     ELSE 'other' END AS kind, '' AS target, f.mode, f.uid || ':' || f.gid AS owner, f.size, h.sha256, '' AS content \
-     FROM file f LEFT JOIN hash h USING (path) WHERE f.path LIKE '/etc/crontab' OR f.path LIKE '/etc/anacrontab' \
-      OR f.path LIKE '/etc/cron.d/%%' OR f.path LIKE '/etc/cron.hourly/%%' \
-      OR f.path LIKE '/etc/cron.daily/%%' OR f.path LIKE '/etc/cron.weekly/%%' \
-      OR f.path LIKE '/etc/cron.monthly/%%' OR f.path LIKE '/var/spool/cron/%%' \
-      OR f.path LIKE '/etc/systemd/%%' OR f.path LIKE '/run/systemd/system/%%' \
-      OR f.path LIKE '/usr/local/lib/systemd/%%' OR f.path LIKE '/etc/init.d/%%' \
-      OR f.path LIKE '/etc/rc%.d/%' OR f.path LIKE '/etc/rc.local' OR f.path LIKE '/etc/profile' \
-      OR f.path LIKE '/etc/profile.d/%%' OR f.path LIKE '/etc/bash.bashrc' \
-      OR f.path LIKE '/etc/environment' OR f.path LIKE '/etc/zsh/%%' \
-      OR f.path LIKE '/etc/ld.so.preload' OR f.path LIKE '/etc/ld.so.conf' \
-      OR f.path LIKE '/etc/ld.so.conf.d/%%' OR f.path LIKE '/etc/pam.d/%%' \
-      OR f.path LIKE '/etc/security/%%' OR f.path LIKE '/etc/sudoers' \
-      OR f.path LIKE '/etc/sudoers.d/%%' OR f.path LIKE '/etc/ssh/sshd_config' \
-      OR f.path LIKE '/etc/ssh/sshd_config.d/%%' OR f.path LIKE '/etc/ssh/sshrc' \
-      OR f.path LIKE '/etc/update-motd.d/%%' OR f.path LIKE '/etc/udev/rules.d/%%' \
-      OR f.path LIKE '/etc/xdg/autostart/%%' OR f.path LIKE '/etc/apt/apt.conf.d/%%' \
-      OR f.path LIKE '/etc/yum/pluginconf.d/%%' OR f.path LIKE '/etc/modules' \
-      OR f.path LIKE '/etc/modules-load.d/%%' OR f.path LIKE '/etc/modprobe.d/%%' \
-      OR f.path LIKE '/root/.bashrc' OR f.path LIKE '/root/.profile' \
-      OR f.path LIKE '/root/.bash_profile' OR f.path LIKE '/root/.ssh/rc' \
-      OR f.path LIKE '/home/%/.bashrc' OR f.path LIKE '/home/%/.profile' \
-      OR f.path LIKE '/home/%/.bash_profile' OR f.path LIKE '/home/%/.bash_login' \
-      OR f.path LIKE '/home/%/.zshrc' OR f.path LIKE '/home/%/.ssh/rc' \
-      OR f.path LIKE '/home/%/.config/autostart/%%';";
-
 // Code loaded into processes from outside the system library directories,
 // and the dynamic-linker variables of their environments (only those: an
 // environment holds secrets). One grep per kind over every process.
@@ -495,7 +482,9 @@ fn file_hashes_sh() -> String {
     s.push_str(
         r#"; do
   case $merged:$f in 1:/bin/*|1:/sbin/*) continue ;; esac
-  [ -f "$f" ] && set -- "$@" "$f"
+  [ -f "$f" ] || continue
+  # What cannot be read is unseen, not absent.
+  if [ -r "$f" ]; then set -- "$@" "$f"; else printf 'diffy-unseen\t%s\n' "$f" >&2; fi
 done
 printf 'path\tsha256\tpackage_check\n'
 [ $# -gt 0 ] || exit 0
@@ -507,16 +496,23 @@ db=
     md5sum "$@" | sed 's/^/M /'
     cat /var/lib/dpkg/info/*.md5sums 2>/dev/null | sed 's/^/D /'
   fi
-} | awk -v db="$db" '
+} | awk -v db="$db" -v merged="$merged" '
   { p = substr($0, length($1 $2) + 4) }
   $1 == "S" { if (!(p in sha)) order[++n] = p; sha[p] = $2; next }
   $1 == "M" { md5[p] = $2; next }
-  $1 == "D" { p = "/" p; pkg[p] = $2; if (p !~ /^\/usr\//) pkg["/usr" p] = $2; next }
+  $1 == "D" {
+    p = "/" p
+    # usr-merge moved /bin, /sbin and /lib* under /usr; dpkg still lists the old paths.
+    if (merged == 1 && p ~ /^\/(bin|sbin|lib[^\/]*)\//) p = "/usr" p
+    # Several packages may list a path (diversions): any recorded sum will do.
+    if (p in sha) pkg[p] = pkg[p] " " $2 " "
+    next
+  }
   END {
     for (i = 1; i <= n; i++) {
       p = order[i]
       c = "unknown"
-      if (db != "") c = (p in pkg) ? (pkg[p] == md5[p] ? "ok" : "mismatch") : "unpackaged"
+      if (db != "" && (p in md5)) c = (p in pkg) ? (index(pkg[p], " " md5[p] " ") ? "ok" : "mismatch") : "unpackaged"
       printf "%s\t%s\t%s\n", p, sha[p], c
     }
   }'"#,
@@ -527,19 +523,26 @@ db=
 const STANDARD: &[Standard] = &[
     Standard {
         name: "processes",
+        columns: &["pid", "parent", "uid", "name", "path", "cmdline"],
         identity: &["name", "path", "cmdline", "uid"],
         volatile: &["pid", "parent"],
-        description: "running processes: name, executable path, command line, user",
-        osquery: "SELECT pid, parent, uid, name, path, cmdline FROM processes;",
+        description: "running processes: name, executable path (\" (deleted)\" when the file is gone, in both \
+                      packs), command line, user",
+        // osquery strips " (deleted)" from `path` and keeps it in `on_disk`: put it back.
+        osquery: "SELECT pid AS pid, parent AS parent, uid AS uid, name AS name, \
+                  CASE WHEN on_disk = 0 AND path != '' THEN path || ' (deleted)' ELSE path END AS path, \
+                  cmdline AS cmdline FROM processes;",
         shell: PROCESSES_SH,
         format: OutputFormat::Tsv,
     },
     Standard {
         name: "listening_ports",
+        columns: &["pid", "port", "protocol", "family", "address", "name", "path"],
         identity: &["protocol", "port", "path"],
         volatile: &["pid"],
         description: "TCP and UDP listeners with the process that owns them",
-        osquery: "SELECT lp.pid, lp.port, lp.protocol, lp.family, lp.address, p.name, p.path \
+        osquery: "SELECT lp.pid AS pid, lp.port AS port, lp.protocol AS protocol, lp.family AS family, \
+                  lp.address AS address, p.name AS name, p.path AS path \
                   FROM listening_ports lp LEFT JOIN processes p USING (pid) \
                   WHERE lp.family IN (2, 10) AND lp.port != 0;",
         shell: LISTENING_SH,
@@ -547,44 +550,53 @@ const STANDARD: &[Standard] = &[
     },
     Standard {
         name: "crontab",
+        columns: &["event", "minute", "hour", "day_of_month", "month", "day_of_week", "command", "path"],
         identity: &["command", "path"],
         volatile: &[],
-        description: "cron entries of the system and of every user",
-        osquery: "SELECT event, minute, hour, day_of_month, month, day_of_week, command, path FROM crontab;",
+        description: "cron entries of the system and of every user (`command` with runs of spaces and tabs \
+                      collapsed to one space, as osquery gives it)",
+        osquery: "SELECT event AS event, minute AS minute, hour AS hour, day_of_month AS day_of_month, \
+                  month AS month, day_of_week AS day_of_week, command AS command, path AS path FROM crontab;",
         shell: CRONTAB_SH,
         format: OutputFormat::Crontab,
     },
     Standard {
         name: "kernel_modules",
+        columns: &["name", "size", "used_by", "status", "address"],
         identity: &["name"],
         volatile: &["size", "used_by", "address"],
         description: "loaded kernel modules",
-        osquery: "SELECT name, size, used_by, status, address FROM kernel_modules;",
+        osquery: "SELECT name AS name, size AS size, used_by AS used_by, status AS status, address AS address \
+                  FROM kernel_modules;",
         // A kernel built without module support has no /proc/modules: no modules is a fact, not a failure.
         shell: "[ -e /proc/modules ] || exit 0\ncat /proc/modules",
         format: OutputFormat::ProcModules,
     },
     Standard {
         name: "users",
+        columns: &["username", "uid", "gid", "description", "directory", "shell"],
         identity: &["username"],
         volatile: &[],
         description: "local users from /etc/passwd",
-        osquery: "SELECT username, uid, gid, description, directory, shell FROM users;",
+        osquery: "SELECT username AS username, uid AS uid, gid AS gid, description AS description, \
+                  directory AS directory, shell AS shell FROM users;",
         shell: "cat /etc/passwd",
         format: OutputFormat::Passwd,
     },
     Standard {
         name: "authorized_keys",
+        columns: &["uid", "username", "key_file", "options", "algorithm", "key", "comment"],
         identity: &["key_file", "key"],
         volatile: &[],
-        description: "SSH keys allowed to log in as each user",
-        osquery: "SELECT ak.uid, u.username, ak.key_file, ak.options, ak.algorithm, ak.key, ak.comment \
-                  FROM users u CROSS JOIN authorized_keys ak USING (uid);",
+        description: "SSH keys allowed to log in as each user (the same shell in both packs: osquery's \
+                      authorized_keys skips ssh-dss and certificate lines)",
+        osquery: "",
         shell: AUTHORIZED_KEYS_SH,
         format: OutputFormat::AuthorizedKeys,
     },
     Standard {
         name: "file_hashes",
+        columns: &["path", "sha256", "package_check"],
         identity: &["path"],
         volatile: &[],
         description: "SHA-256 of key system binaries, and whether each matches the checksum its package recorded",
@@ -594,34 +606,41 @@ const STANDARD: &[Standard] = &[
     },
     Standard {
         name: "shell_history",
+        columns: &["username", "history_file"],
         identity: &["username", "history_file"],
         volatile: &[],
-        description: "which users have shell history files",
-        osquery: "SELECT DISTINCT u.username, sh.history_file FROM users u CROSS JOIN shell_history sh USING (uid);",
+        description: "which users have shell history files (the same shell in both packs: osquery's \
+                      shell_history gives a row per line, none for an empty file, and reads other file names)",
+        osquery: "",
         shell: SHELL_HISTORY_SH,
         format: OutputFormat::Tsv,
     },
     Standard {
         name: "suid_bin",
+        columns: &["path", "username", "groupname", "permissions"],
         identity: &["path"],
         volatile: &[],
-        description: "setuid and setgid binaries",
-        osquery: "SELECT path, username, groupname, permissions FROM suid_bin;",
+        description: "setuid and setgid binaries, `permissions` as `ls -l` shows them (the same shell in both \
+                      packs: osquery's suid_bin searches no /opt, /usr/libexec, /var/tmp or /dev/shm, and says S/G/SG)",
+        osquery: "",
         shell: SUID_SH,
         format: OutputFormat::Tsv,
     },
     Standard {
         name: "persistence",
+        columns: &["path", "kind", "target", "mode", "owner", "size", "sha256", "content"],
         identity: &["path"],
         volatile: &[],
         description: "files where persistence lives (cron, systemd, init, rc files, preload, PAM, sudoers, sshd, \
-                      motd, udev, autostart, package hooks, modules), those that differ from a stock host",
-        osquery: PERSISTENCE_SQL,
+                      motd, udev, autostart, package hooks, modules), those that differ from a stock host \
+                      (the same shell in both packs: no osquery table knows what the packages installed)",
+        osquery: "",
         shell: PERSISTENCE_SH,
         format: OutputFormat::Tsv,
     },
     Standard {
         name: "loaded_code",
+        columns: &["pid", "name", "kind", "value"],
         identity: &["name", "kind", "value"],
         volatile: &["pid"],
         description: "shared objects mapped from outside the system library directories, and LD_PRELOAD, \
@@ -632,6 +651,7 @@ const STANDARD: &[Standard] = &[
     },
     Standard {
         name: "file_capabilities",
+        columns: &["path", "capabilities"],
         identity: &["path"],
         volatile: &[],
         description: "file capabilities (security.capability) in the binary and the writable directories",
@@ -641,6 +661,7 @@ const STANDARD: &[Standard] = &[
     },
     Standard {
         name: "temp_files",
+        columns: &["path", "kind", "mode", "owner", "size", "sha256"],
         identity: &["path"],
         volatile: &[],
         description: "executables, setuid/setgid files and hidden entries in the writable directories",
@@ -650,6 +671,7 @@ const STANDARD: &[Standard] = &[
     },
     Standard {
         name: "shadow",
+        columns: &["username", "password_state", "last_change", "max_days"],
         identity: &["username"],
         volatile: &[],
         description: "each account's password state (empty, locked, the hash's algorithm), never the hash",
@@ -659,6 +681,7 @@ const STANDARD: &[Standard] = &[
     },
     Standard {
         name: "hidden_processes",
+        columns: &["pid", "name", "path", "cmdline"],
         identity: &["name", "path", "cmdline"],
         volatile: &["pid"],
         description: "processes hidden from the /proc listing (reachable by pid, not listed)",
@@ -668,10 +691,12 @@ const STANDARD: &[Standard] = &[
     },
     Standard {
         name: "startup_items",
+        columns: &["name", "path", "source", "status"],
         identity: &["name", "path"],
         volatile: &[],
-        description: "services and scripts started at boot",
-        osquery: "SELECT name, path, source, status FROM startup_items;",
+        description: "services and scripts enabled at boot, from the unit and init files (the same shell in \
+                      both packs: osquery's startup_items lists loaded units through D-Bus, none without it)",
+        osquery: "",
         shell: STARTUP_SH,
         format: OutputFormat::Tsv,
     },
@@ -684,14 +709,10 @@ fn standard_query(s: &Standard, osquery: bool) -> Query {
     let shell = if s.name == "file_hashes" { file_hashes_sh() } else { s.shell.to_string() };
     let mut q = if via_osquery {
         let sql = s.osquery.to_string();
-        match (probe_of(s.name), shlex::try_quote(&sql)) {
+        match probe_of(s.name).map(|(probe, _)| crate::query::osqueryi_command(&sql, Some(probe))) {
             // osqueryi's exit status is the query's; the probe only adds
             // diffy-unseen lines to its standard error.
-            (Some((probe, _)), Ok(quoted)) => Query::shell(
-                s.name,
-                format!("osqueryi --json {quoted}\n_r=$?\n( {probe}\n) </dev/null\nexit $_r"),
-                OutputFormat::Json,
-            ),
+            Some(Ok(sh)) => Query::shell(s.name, sh, OutputFormat::Json),
             _ => Query::osquery(s.name, sql),
         }
     } else if osquery {
@@ -710,6 +731,17 @@ fn standard_query(s: &Standard, osquery: bool) -> Query {
     };
     q = q.identity(s.identity.iter().copied()).volatile(s.volatile.iter().copied()).describe(s.description);
     q
+}
+
+/// The columns every row of the standard query `name` has, in both packs.
+pub fn row_shape(name: &str) -> Option<&'static [&'static str]> {
+    STANDARD.iter().find(|s| s.name == name).map(|s| s.columns)
+}
+
+/// The osquery SQL of the standard pack, by query name: the queries osquery
+/// answers with its own tables (the others are the same shell in both packs).
+pub fn osquery_statements() -> impl Iterator<Item = (&'static str, &'static str)> {
+    STANDARD.iter().filter(|s| !s.osquery.is_empty()).map(|s| (s.name, s.osquery))
 }
 
 /// The standard pack's query named `name` (shell form), if there is one; used

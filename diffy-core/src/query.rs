@@ -20,8 +20,34 @@ pub type Row = BTreeMap<String, String>;
 pub enum QueryCommand {
     /// A POSIX `sh` command line, run as `sh -c COMMAND` with stdin from `/dev/null`.
     Shell(String),
-    /// An osquery SQL statement, run as `osqueryi --json SQL`.
+    /// An osquery SQL statement, run by [`osqueryi_command`].
     Osquery(String),
+}
+
+/// The flags every `osqueryi` diffy runs gets: a host's flag file
+/// (`/etc/osquery/osquery.flags`) cannot load extensions or change what it
+/// reads, and no database, extension socket or event store is written.
+pub const OSQUERYI_FLAGS: &str = "--flagfile=/dev/null --disable_database --disable_extensions --disable_events --json";
+
+/// The shell that runs `sql` with `osqueryi` ([`OSQUERYI_FLAGS`]), then
+/// `after` (if any), and exits with osqueryi's status. osqueryi creates
+/// `~/.osquery/` (under `$HOME`, or the passwd home when `$HOME` is not
+/// writable) whatever its flags say; it is removed afterwards when it did not
+/// exist before and is empty.
+pub fn osqueryi_command(sql: &str, after: Option<&str>) -> Result<String> {
+    let quoted = crate::script::quote(sql)?;
+    let after = after.map(|a| format!("( {a}\n) </dev/null\n")).unwrap_or_default();
+    Ok(format!(
+        r#"_o1=; _o2=
+[ -n "$HOME" ] && [ ! -e "$HOME/.osquery" ] && _o1=$HOME/.osquery
+_pw=$(getent passwd "$(id -u)" 2>/dev/null | cut -d: -f6)
+[ -n "$_pw" ] && [ ! -e "$_pw/.osquery" ] && _o2=$_pw/.osquery
+osqueryi {OSQUERYI_FLAGS} {quoted}
+_r=$?
+[ -z "$_o1" ] || rmdir "$_o1" 2>/dev/null
+[ -z "$_o2" ] || rmdir "$_o2" 2>/dev/null
+{after}exit $_r"#
+    ))
 }
 
 /// How a query's standard output is turned into rows on the collecting side.

@@ -345,7 +345,8 @@ pub struct CampaignRow {
 }
 
 /// The same security-relevant rows on several hosts, that no deploy explains:
-/// one compromise run across the fleet. Its hosts are outliers.
+/// one compromise run across the fleet. Each row scores at least the analysis's
+/// strong floor on every host that has it (alone, the default threshold).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Campaign {

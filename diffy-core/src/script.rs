@@ -87,7 +87,7 @@ impl Script {
         for q in &spec.queries {
             let command = match &q.command {
                 QueryCommand::Shell(c) => c.clone(),
-                QueryCommand::Osquery(sql) => format!("osqueryi --json {}", quote(sql)?),
+                QueryCommand::Osquery(sql) => crate::query::osqueryi_command(sql, None)?,
             };
             let timeout = q.timeout.map_or(0, |t| t.as_secs().max(1));
             s.push_str(&format!("_dq {} {timeout} {}\n", q.name, quote(&command)?));
@@ -138,7 +138,7 @@ impl Script {
     }
 }
 
-fn quote(s: &str) -> Result<String> {
+pub(crate) fn quote(s: &str) -> Result<String> {
     shlex::try_quote(s)
         .map(|c| c.into_owned())
         .map_err(|_| Error::invalid("a command contains a NUL byte, which no shell can pass on"))
