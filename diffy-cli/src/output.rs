@@ -248,6 +248,9 @@ fn render_report(out: &mut dyn Write, r: &Report, evidence: Option<&str>, show: 
     match &r.run {
         Some(run) => {
             write!(out, "Diffy report: target {}, run {} ({}", run.target, run.id, run.kind)?;
+            if let Some(p) = &run.payload {
+                write!(out, ", payload {}", term(p, 40))?;
+            }
             if let Some(i) = &run.incident_id {
                 write!(out, ", incident {i}")?;
             }

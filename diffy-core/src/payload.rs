@@ -540,7 +540,8 @@ const STANDARD: &[Standard] = &[
         columns: &["pid", "port", "protocol", "family", "address", "name", "path"],
         identity: &["protocol", "port", "path"],
         volatile: &["pid"],
-        description: "TCP and UDP listeners with the process that owns them",
+        description: "TCP and UDP listeners with the process that owns them (osquery also sees other network \
+                      namespaces' listeners, a container's; the shell pack's ss only the host's)",
         osquery: "SELECT lp.pid AS pid, lp.port AS port, lp.protocol AS protocol, lp.family AS family, \
                   lp.address AS address, p.name AS name, p.path AS path \
                   FROM listening_ports lp LEFT JOIN processes p USING (pid) \
@@ -707,6 +708,11 @@ fn standard_query(s: &Standard, osquery: bool) -> Query {
     // it: osquery's `hash` has no package checksums).
     let via_osquery = osquery && !s.osquery.is_empty();
     let shell = if s.name == "file_hashes" { file_hashes_sh() } else { s.shell.to_string() };
+    // The shell form, with its probe of what it could not read where it has one.
+    let shell = match probe_of(s.name) {
+        Some((probe, ShellChecks::Probe)) => format!("( {probe}\n) </dev/null\n{shell}"),
+        _ => shell,
+    };
     let mut q = if via_osquery {
         let sql = s.osquery.to_string();
         match probe_of(s.name).map(|(probe, _)| crate::query::osqueryi_command(&sql, Some(probe))) {
@@ -723,11 +729,7 @@ fn standard_query(s: &Standard, osquery: bool) -> Query {
         );
         Query::shell(s.name, sh, s.format)
     } else {
-        let sh = match probe_of(s.name) {
-            Some((probe, ShellChecks::Probe)) => format!("( {probe}\n) </dev/null\n{shell}"),
-            _ => shell,
-        };
-        Query::shell(s.name, sh, s.format)
+        Query::shell(s.name, shell, s.format)
     };
     q = q.identity(s.identity.iter().copied()).volatile(s.volatile.iter().copied()).describe(s.description);
     q

@@ -495,6 +495,11 @@ pub struct RunSummary {
     pub operator: Option<String>,
     /// Payload hash.
     pub payload_hash: String,
+    /// The payload's name (`osquery`, `shell`, a file's): which pack answered.
+    /// Each query's description says what osquery and the shell pack see
+    /// differently.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<String>,
     /// Start.
     pub started_at: DateTime<Utc>,
     /// End.
@@ -512,6 +517,7 @@ impl From<&RunManifest> for RunSummary {
             incident_id: m.incident_id.clone(),
             operator: m.operator.clone(),
             payload_hash: m.payload_hash.clone(),
+            payload: Some(m.payload.name.clone()),
             started_at: m.started_at,
             finished_at: m.finished_at,
             state: m.state,
