@@ -494,7 +494,11 @@ db=
   sha256sum "$@" | sed 's/^/S /'
   if [ "$db" = dpkg ]; then
     md5sum "$@" | sed 's/^/M /'
-    cat /var/lib/dpkg/info/*.md5sums 2>/dev/null | sed 's/^/D /'
+    # Only the lines that may name these files (awk keeps the exact ones).
+    for f; do
+      printf '  %s\n' "${f#/}"
+      case $merged:$f in 1:/usr/bin/*|1:/usr/sbin/*|1:/usr/lib*) printf '  %s\n' "${f#/usr/}" ;; esac
+    done | grep -h -F -f - /var/lib/dpkg/info/*.md5sums 2>/dev/null | sed 's/^/D /'
   fi
 } | awk -v db="$db" -v merged="$merged" '
   { p = substr($0, length($1 $2) + 4) }
