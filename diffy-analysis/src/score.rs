@@ -774,6 +774,17 @@ pub(crate) fn analyze(builder: Builder, ctx: Context, settings: &Settings, suppr
 
     // Campaigns: hosts that share strong rows no deploy explains.
     let (campaigns, row_campaign, host_campaigns) = campaigns(&tables, &stats, &verdicts, &analysed, &survey, n);
+    // A cohort whose hosts are also in a campaign says so: what it left
+    // unscored is not all there is to them.
+    for (c, (hosts, _, _)) in cohorts.iter_mut().zip(&cohorts_found) {
+        let mut ids: Vec<&String> = hosts.iter().flat_map(|&a| &host_campaigns[a as usize]).collect();
+        ids.sort();
+        ids.dedup();
+        if !ids.is_empty() {
+            let ids: Vec<&str> = ids.iter().map(|s| s.as_str()).collect();
+            c.explanation.push_str(&format!(" Some of its hosts are also in {}, scored there.", ids.join(", ")));
+        }
+    }
 
     // Absences: rows nearly everyone (or the baseline) has, missing on a host.
     let mut absences: Vec<Vec<(usize, u32, f64, f64)>> = vec![Vec::new(); n];

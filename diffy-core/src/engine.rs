@@ -391,32 +391,43 @@ pub fn stored_observations(
     hosts: Vec<HostId>,
     payload: Arc<crate::query::PayloadSpec>,
 ) -> Observations {
-    Observations::new(futures::stream::iter(hosts).then(move |host| {
-        let (store, run, payload) = (store.clone(), run.clone(), payload.clone());
-        async move {
-            // One host's unreadable evidence is that host's status; the
-            // others are still analysed.
-            let unreadable = |host: HostId, message: String| HostObservation {
-                host: Host::new(host),
-                status: HostStatus::InvalidEvidence,
-                message: Some(message),
-                facts: Default::default(),
-                vantage: None,
-                queries: Vec::new(),
-            };
-            let result = match store.get_host_result(&run, &host).await {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::warn!("cannot read the evidence of {host}: {e}");
-                    return Ok(unreadable(host.clone(), format!("its stored evidence cannot be read: {e}")));
+    Observations::new(
+        futures::stream::iter(hosts)
+            .map(move |host| {
+                let (store, run, payload) = (store.clone(), run.clone(), payload.clone());
+                async move {
+                    // One host's unreadable evidence is that host's status; the
+                    // others are still analysed.
+                    let unreadable = |host: HostId, message: String| HostObservation {
+                        host: Host::new(host),
+                        status: HostStatus::InvalidEvidence,
+                        message: Some(message),
+                        facts: Default::default(),
+                        vantage: None,
+                        queries: Vec::new(),
+                    };
+                    let result = match store.get_host_result(&run, &host).await {
+                        Ok(r) => r,
+                        Err(e) => {
+                            tracing::warn!("cannot read the evidence of {host}: {e}");
+                            return Ok(unreadable(host.clone(), format!("its stored evidence cannot be read: {e}")));
+                        }
+                    };
+                    Ok(tokio::task::spawn_blocking(move || result.observe(&payload)).await.unwrap_or_else(|e| {
+                        unreadable(
+                            host,
+                            format!("diffy failed while parsing its evidence ({})", crate::script::panic_text(e)),
+                        )
+                    }))
                 }
-            };
-            Ok(tokio::task::spawn_blocking(move || result.observe(&payload)).await.unwrap_or_else(|e| {
-                unreadable(host, format!("diffy failed while parsing its evidence ({})", crate::script::panic_text(e)))
-            }))
-        }
-    }))
+            })
+            // Several hosts at once (a remote store answers each request slowly), in order.
+            .buffered(STORED_HOSTS_AT_ONCE),
+    )
 }
+
+/// Hosts of a stored run read at once when it is analysed again.
+const STORED_HOSTS_AT_ONCE: usize = 32;
 
 impl Engine {
     /// A new builder.

@@ -27,12 +27,16 @@
 //!   once per run.
 //! - **Verified on read**: every block's size and SHA-256 is checked against
 //!   the record; a mismatch or a missing block is `Corrupt`.
+//! - **Read once**: a block many hosts share is downloaded once for all of
+//!   them (up to 256 MiB of blocks are kept while a run is read), with at most
+//!   32 downloads in flight; [`BlobStore::requests`] counts what was asked.
 //! - **Safe names**: ids were validated when made; each is one key segment,
 //!   percent-encoded where S3 advises against a character.
 #![deny(missing_docs)]
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -41,7 +45,7 @@ use diffy_core::persistence::{BaselineWrite, Persistence};
 use diffy_core::result::{HostRecord, HostResult, RawPart};
 use diffy_core::run::{BaselineRecord, RunManifest};
 use diffy_core::{Error, HostId, Result, RunId, TargetKey};
-use futures::{StreamExt, TryStreamExt};
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use object_store::path::{Path, PathPart};
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
@@ -49,10 +53,71 @@ const MARKER: &str = "DIFFY-STORE";
 const MARKER_TEXT: &str = "diffy evidence store, format 1\n";
 /// Blocks uploaded or downloaded at once for one host.
 const BLOB_CONCURRENCY: usize = 8;
+/// Block downloads in flight at once, all hosts together.
+const READS_IN_FLIGHT: usize = 32;
+/// Bytes of blocks kept for the other hosts of a run: past this, the cache
+/// starts again (a block is then fetched again, never lost).
+const SHARED_BLOCKS_BUDGET: u64 = 256 << 20;
+
+/// One block download, awaited by every host that needs the block.
+type Fetch =
+    futures::future::Shared<futures::future::BoxFuture<'static, std::result::Result<Option<Bytes>, Arc<Error>>>>;
+
+/// Reads shared by the hosts of a store: each distinct block is fetched once
+/// while it is cached, with at most [`READS_IN_FLIGHT`] downloads at a time.
+struct Reads {
+    permits: tokio::sync::Semaphore,
+    blocks: std::sync::Mutex<HashMap<Path, Fetch>>,
+    cached: AtomicU64,
+    gets: AtomicU64,
+    puts: AtomicU64,
+    lists: AtomicU64,
+}
+
+impl Default for Reads {
+    fn default() -> Self {
+        Self {
+            permits: tokio::sync::Semaphore::new(READS_IN_FLIGHT),
+            blocks: std::sync::Mutex::new(HashMap::new()),
+            cached: AtomicU64::new(0),
+            gets: AtomicU64::new(0),
+            puts: AtomicU64::new(0),
+            lists: AtomicU64::new(0),
+        }
+    }
+}
+
+impl std::fmt::Debug for Reads {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reads").field("requests", &self.requests()).finish_non_exhaustive()
+    }
+}
+
+impl Reads {
+    fn requests(&self) -> Requests {
+        Requests {
+            gets: self.gets.load(Ordering::Relaxed),
+            puts: self.puts.load(Ordering::Relaxed),
+            lists: self.lists.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Requests a [`BlobStore`] has made since it was opened.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Requests {
+    /// Object reads.
+    pub gets: u64,
+    /// Object writes.
+    pub puts: u64,
+    /// Listings.
+    pub lists: u64,
+}
 
 /// Runs and evidence in an object store. See the crate documentation.
 #[derive(Clone, Debug)]
 pub struct BlobStore {
+    reads: Arc<Reads>,
     store: Arc<dyn ObjectStore>,
     prefix: Path,
     kind: &'static str,
@@ -126,7 +191,7 @@ impl BlobStore {
             validate_component("store prefix segment", p)?;
             parts.push(part(p));
         }
-        let s = Self { store, prefix: Path::from_iter(parts), kind, location: location.into() };
+        let s = Self { reads: Arc::default(), store, prefix: Path::from_iter(parts), kind, location: location.into() };
         let marker = s.key([MARKER]);
         match s.store.head(&marker).await {
             Ok(_) => return Ok(s),
@@ -224,6 +289,7 @@ impl BlobStore {
             mode: if create_only { PutMode::Create } else { PutMode::Overwrite },
             ..PutOptions::default()
         };
+        self.reads.puts.fetch_add(1, Ordering::Relaxed);
         match self.store.put_opts(key, PutPayload::from(bytes), opts).await {
             Ok(_) => Ok(()),
             Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => {
@@ -235,6 +301,7 @@ impl BlobStore {
 
     /// `Ok(None)` when the object does not exist.
     async fn get(&self, key: &Path) -> Result<Option<Bytes>> {
+        self.reads.gets.fetch_add(1, Ordering::Relaxed);
         let r = match self.store.get(key).await {
             Ok(r) => r,
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
@@ -243,7 +310,53 @@ impl BlobStore {
         r.bytes().await.map(Some).map_err(|e| store_error(self.kind, "read", key, e))
     }
 
+    /// A raw block, downloaded once for every host that needs it (see
+    /// [`Reads`]); `Ok(None)` when it does not exist.
+    async fn get_block(&self, key: &Path) -> Result<Option<Bytes>> {
+        let fetch = {
+            let mut blocks = self.reads.blocks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if self.reads.cached.load(Ordering::Relaxed) > SHARED_BLOCKS_BUDGET {
+                blocks.clear();
+                self.reads.cached.store(0, Ordering::Relaxed);
+            }
+            match blocks.get(key) {
+                Some(f) => f.clone(),
+                None => {
+                    let (store, reads, kind, k) = (self.store.clone(), self.reads.clone(), self.kind, key.clone());
+                    let f = async move {
+                        let _permit = reads.permits.acquire().await.expect("the semaphore is never closed");
+                        reads.gets.fetch_add(1, Ordering::Relaxed);
+                        let r = match store.get(&k).await {
+                            Ok(r) => r,
+                            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+                            Err(e) => return Err(Arc::new(store_error(kind, "read", &k, e))),
+                        };
+                        let b = r.bytes().await.map_err(|e| Arc::new(store_error(kind, "read", &k, e)))?;
+                        reads.cached.fetch_add(b.len() as u64, Ordering::Relaxed);
+                        Ok(Some(b))
+                    }
+                    .boxed()
+                    .shared();
+                    blocks.insert(key.clone(), f.clone());
+                    f
+                }
+            }
+        };
+        fetch.await.map_err(|e| {
+            // A failure is not kept: the next host asks again.
+            self.reads.blocks.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(key);
+            Error::Plugin { plugin: format!("{} store", self.kind), message: e.to_string(), help: None, source: None }
+        })
+    }
+
+    /// Requests made since the store was opened (reads of records and
+    /// blocks, writes, listings): what reading a run from S3 costs.
+    pub fn requests(&self) -> Requests {
+        self.reads.requests()
+    }
+
     async fn exists(&self, key: &Path) -> Result<bool> {
+        self.reads.gets.fetch_add(1, Ordering::Relaxed);
         match self.store.head(key).await {
             Ok(_) => Ok(true),
             Err(object_store::Error::NotFound { .. }) => Ok(false),
@@ -262,6 +375,7 @@ impl BlobStore {
 
     /// Names directly under `dir` whose key ends with `suffix`, decoded, sorted.
     async fn names(&self, dir: &Path, suffix: &str) -> Result<Vec<String>> {
+        self.reads.lists.fetch_add(1, Ordering::Relaxed);
         let listed =
             self.store.list_with_delimiter(Some(dir)).await.map_err(|e| store_error(self.kind, "list", dir, e))?;
         let mut out: Vec<String> = listed
@@ -388,7 +502,7 @@ impl Persistence for BlobStore {
         let fetched: Vec<(String, Option<Bytes>)> = futures::stream::iter(shas)
             .map(|sha| async move {
                 let k = self.blob_key(run, &sha)?;
-                Ok::<_, Error>((sha, self.get(&k).await?))
+                Ok::<_, Error>((sha, self.get_block(&k).await?))
             })
             .buffer_unordered(BLOB_CONCURRENCY)
             .try_collect()
@@ -426,6 +540,7 @@ impl Persistence for BlobStore {
 
     async fn list_runs(&self, target: Option<&TargetKey>) -> Result<Vec<RunManifest>> {
         let dir = self.key(["runs"]);
+        self.reads.lists.fetch_add(1, Ordering::Relaxed);
         let listed =
             self.store.list_with_delimiter(Some(&dir)).await.map_err(|e| store_error(self.kind, "list", &dir, e))?;
         let ids: Vec<String> =
@@ -485,6 +600,54 @@ mod tests {
         diffy_testkit::conformance::persistence(&s).await;
     }
 
+    /// Forty hosts with the same output, read at once: each block is
+    /// downloaded once, whoever asks first.
+    #[tokio::test]
+    async fn a_block_many_hosts_share_is_read_once() {
+        let mem: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let s = BlobStore::open(mem.clone(), "", "memory", "memory://").await.unwrap();
+        let m = diffy_testkit::conformance::manifest("20231114T221320Z-dddddd", "web", 0);
+        s.create_run(&m).await.unwrap();
+        for i in 0..40 {
+            s.put_host_result(&m.id, &diffy_testkit::conformance::host_result(&format!("h{i}"), b"same\n"))
+                .await
+                .unwrap();
+        }
+        let reader = BlobStore::open_existing(mem, "", "memory", "memory://").await.unwrap();
+        let opened = reader.requests().gets;
+        let hosts = reader.list_host_results(&m.id).await.unwrap();
+        let read: Vec<HostResult> = futures::stream::iter(hosts)
+            .map(|h| {
+                let (reader, id) = (&reader, &m.id);
+                async move { reader.get_host_result(id, &h).await.unwrap() }
+            })
+            .buffer_unordered(40)
+            .collect()
+            .await;
+        assert_eq!(read.len(), 40);
+        let blocks: std::collections::BTreeSet<&String> = read
+            .iter()
+            .flat_map(|r| r.queries.iter())
+            .filter(|q| !q.stdout.is_empty())
+            .map(|q| &q.stdout_sha256)
+            .collect();
+        let stderr: std::collections::BTreeSet<&String> = read
+            .iter()
+            .flat_map(|r| r.queries.iter())
+            .filter(|q| !q.stderr.is_empty())
+            .map(|q| &q.stderr_sha256)
+            .collect();
+        let unframed =
+            usize::from(!read[0].unframed_stdout.is_empty()) + usize::from(!read[0].unframed_stderr.is_empty());
+        let r = reader.requests();
+        assert_eq!(
+            r.gets - opened,
+            40 + (blocks.len() + stderr.len() + unframed) as u64,
+            "one read per record, one per distinct block: {r:?}"
+        );
+        assert_eq!(r.lists, 1);
+    }
+
     #[tokio::test]
     async fn an_edited_record_is_corrupt() {
         let mem: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
@@ -532,10 +695,14 @@ mod tests {
         let r = s.get_host_result(&run, &host).await.unwrap();
         let k = s.blob_key(&run, &r.queries[0].stdout_sha256).unwrap();
         mem.put(&k, PutPayload::from_static(b"tampered")).await.unwrap();
-        let e = s.get_host_result(&run, &host).await.unwrap_err();
+        // A handle keeps the blocks it has read (and checked); a new one reads again.
+        let again = s.get_host_result(&run, &host).await.unwrap();
+        assert_eq!(again.queries[0].stdout, r.queries[0].stdout, "the checked block, from the handle's cache");
+        let fresh = || BlobStore::open_existing(mem.clone(), "", "memory", "memory://");
+        let e = fresh().await.unwrap().get_host_result(&run, &host).await.unwrap_err();
         assert!(matches!(e, Error::Corrupt { .. }), "{e}");
         mem.delete(&k).await.unwrap();
-        let e = s.get_host_result(&run, &host).await.unwrap_err();
+        let e = fresh().await.unwrap().get_host_result(&run, &host).await.unwrap_err();
         assert!(e.to_string().contains("missing"), "{e}");
     }
 }

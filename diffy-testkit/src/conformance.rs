@@ -17,7 +17,8 @@ use diffy_core::{
 };
 use futures::StreamExt;
 
-fn manifest(id: &str, target: &str, started_secs: i64) -> RunManifest {
+/// A survey run manifest of `target` with no hosts, started at `started_secs`.
+pub fn manifest(id: &str, target: &str, started_secs: i64) -> RunManifest {
     let payload = PayloadSpec {
         name: "conformance".into(),
         setup: None,
@@ -45,7 +46,8 @@ fn manifest(id: &str, target: &str, started_secs: i64) -> RunManifest {
     }
 }
 
-fn host_result(host: &str, stdout: &[u8]) -> HostResult {
+/// A host's result whose first query printed `stdout`.
+pub fn host_result(host: &str, stdout: &[u8]) -> HostResult {
     let mut r = HostResult::failed(
         Host::named(host).unwrap(),
         HostStatus::Ok,

@@ -14,73 +14,14 @@
 
 #![allow(clippy::print_stdout)]
 
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use bytes::Bytes;
-use chrono::Utc;
-use diffy_core::run::{RunCounts, RunLimits};
-use diffy_core::script::{ExecEnd, Execution, Script, assemble};
-use diffy_core::{
-    FsStore, Host, HostId, HostResult, Persistence, RunId, RunKind, RunManifest, RunState, ShellPayload, TargetKey,
-};
+use diffy_core::{FsStore, Host, HostId, HostResult, Persistence, RunId};
 use futures::StreamExt;
 use nix::sys::resource::{UsageWho, getrusage};
 
 mod shared;
-
-/// The shell pack's real result on this machine.
-fn real_result() -> HostResult {
-    let spec = ShellPayload::pack();
-    let script = Script::render(&spec, Duration::from_secs(120)).unwrap();
-    let started_at = Utc::now();
-    let mut child = Command::new("sh")
-        .arg("-s")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("sh runs");
-    // Written from a thread, so that output filling its pipe cannot stall the script.
-    let (mut stdin, text) = (child.stdin.take().unwrap(), script.text().to_string());
-    let writer = std::thread::spawn(move || stdin.write_all(text.as_bytes()));
-    let out = child.wait_with_output().unwrap();
-    writer.join().unwrap().unwrap();
-    let exec = Execution {
-        stdout: Bytes::from(out.stdout),
-        stderr: Bytes::from(out.stderr),
-        end: ExecEnd::Exited(out.status.code().unwrap_or(-1)),
-        started_at,
-        finished_at: Utc::now(),
-        transport: Default::default(),
-    };
-    assemble(Host::named("bench-0").unwrap(), &spec, &script, exec)
-}
-
-fn manifest(id: &RunId, hosts: usize) -> RunManifest {
-    let payload = ShellPayload::pack();
-    RunManifest {
-        id: id.clone(),
-        kind: RunKind::Survey,
-        target: TargetKey::new("bench").unwrap(),
-        incident_id: None,
-        operator: None,
-        tool_version: "bench".into(),
-        target_plugin: "static".into(),
-        transport: "bench".into(),
-        payload_hash: payload.hash(),
-        payload,
-        limits: RunLimits { concurrency: 50, host_deadline_secs: 120, max_output_bytes: 1 << 28 },
-        started_at: Utc::now(),
-        finished_at: None,
-        state: RunState::Running,
-        hosts: (0..hosts).map(|i| Host::named(&format!("bench-{i}")).unwrap()).collect(),
-        not_targeted: vec![],
-        counts: RunCounts::tally(hosts, []),
-    }
-}
 
 fn cpu_seconds() -> f64 {
     let u = getrusage(UsageWho::RUSAGE_SELF).expect("getrusage");
@@ -94,7 +35,7 @@ async fn store_hosts(dir: &std::path::Path, one: &HostResult, n: usize, at_once:
     let store = Arc::new(FsStore::open(dir).unwrap());
     // Each run has a store of its own.
     let id = RunId::new("20261123T000000Z-000001").unwrap();
-    store.create_run(&manifest(&id, n)).await.unwrap();
+    store.create_run(&shared::manifest(&id, n)).await.unwrap();
     let results: Vec<HostResult> = (0..n)
         .map(|i| {
             let mut r = one.clone();
@@ -116,7 +57,7 @@ fn main() {
     let sizes = shared::sizes("DIFFY_BENCH_SIZES", "200,1000");
     let runs = shared::runs();
     let base = shared::store_base();
-    let one = real_result();
+    let one = shared::real_result();
     let files = one
         .queries
         .iter()

@@ -799,6 +799,21 @@ fn forty_hosts_eighteen_persistence_techniques_are_exactly_the_outliers() {
         plants.iter().map(|(i, _, _)| fleet.host(*i)).chain(others.iter().map(|o| fleet.host(o.0))).collect();
     let scores: Vec<(String, f64)> = report.hosts.iter().map(|h| (h.host.clone(), h.score)).collect();
     assert_eq!(outliers, planted, "exactly the planted hosts: {scores:?}");
+    // The table of the note: technique, host score, top finding
+    // (shown with --nocapture).
+    #[allow(clippy::print_stderr)]
+    for (i, kind) in plants.iter().map(|p| (p.0, p.1)).chain(others.iter().map(|o| (o.0, o.1))) {
+        let h = report.hosts.iter().find(|h| h.host == fleet.host(i)).unwrap();
+        let f = &h.findings[0];
+        eprintln!(
+            "technique | {kind} | {} | {} {:?} | {} | {}",
+            h.score,
+            f.query,
+            f.kind,
+            f.score,
+            f.indicators.first().map(String::as_str).unwrap_or("-")
+        );
+    }
     for (i, kind, path) in plants {
         let h = report.hosts.iter().find(|h| h.host == fleet.host(i)).unwrap();
         let f = h

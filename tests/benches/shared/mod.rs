@@ -3,6 +3,16 @@
 
 #![allow(dead_code, unreachable_pub)] // each benchmark uses its part
 
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::Utc;
+use diffy_core::run::{RunCounts, RunLimits};
+use diffy_core::script::{ExecEnd, Execution, Script, assemble};
+use diffy_core::{Host, HostResult, RunId, RunKind, RunManifest, RunState, ShellPayload, TargetKey};
+
 /// Sizes to run, from `var` (comma-separated), else `default`.
 pub fn sizes(var: &str, default: &str) -> Vec<usize> {
     std::env::var(var)
@@ -44,4 +54,55 @@ pub fn spread(v: &[f64]) -> (f64, f64, f64) {
     let mut x = v.to_vec();
     x.sort_by(f64::total_cmp);
     (x[x.len() / 2], x[0], x[x.len() - 1])
+}
+
+/// The shell pack's real result on this machine.
+pub fn real_result() -> HostResult {
+    let spec = ShellPayload::pack();
+    let script = Script::render(&spec, Duration::from_secs(120)).unwrap();
+    let started_at = Utc::now();
+    let mut child = Command::new("sh")
+        .arg("-s")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("sh runs");
+    // Written from a thread, so that output filling its pipe cannot stall the script.
+    let (mut stdin, text) = (child.stdin.take().unwrap(), script.text().to_string());
+    let writer = std::thread::spawn(move || stdin.write_all(text.as_bytes()));
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+    let exec = Execution {
+        stdout: Bytes::from(out.stdout),
+        stderr: Bytes::from(out.stderr),
+        end: ExecEnd::Exited(out.status.code().unwrap_or(-1)),
+        started_at,
+        finished_at: Utc::now(),
+        transport: Default::default(),
+    };
+    assemble(Host::named("bench-0").unwrap(), &spec, &script, exec)
+}
+
+pub fn manifest(id: &RunId, hosts: usize) -> RunManifest {
+    let payload = ShellPayload::pack();
+    RunManifest {
+        id: id.clone(),
+        kind: RunKind::Survey,
+        target: TargetKey::new("bench").unwrap(),
+        incident_id: None,
+        operator: None,
+        tool_version: "bench".into(),
+        target_plugin: "static".into(),
+        transport: "bench".into(),
+        payload_hash: payload.hash(),
+        payload,
+        limits: RunLimits { concurrency: 50, host_deadline_secs: 120, max_output_bytes: 1 << 28 },
+        started_at: Utc::now(),
+        finished_at: None,
+        state: RunState::Running,
+        hosts: (0..hosts).map(|i| Host::named(&format!("bench-{i}")).unwrap()).collect(),
+        not_targeted: vec![],
+        counts: RunCounts::tally(hosts, []),
+    }
 }
