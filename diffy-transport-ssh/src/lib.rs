@@ -485,7 +485,10 @@ pub fn classify(text: &str) -> (HostStatus, String) {
 /// banner arrived (`kex_exchange_identification: Connection closed by remote
 /// host`, or reset), from this connection and any jump host's. That is what
 /// sshd does to new connections beyond its `MaxStartups`, so another attempt
-/// a moment later may well get in; nothing ran on the host. Any other line (a
+/// a moment later may well get in; nothing ran on the host. A banner that
+/// did not come within `ConnectTimeout` (`Connection timed out during banner
+/// exchange`) is the same sshd, or a jump host, too busy to answer yet, and
+/// is tried again too. Any other line (a
 /// ProxyCommand's or socat's error, a refused TCP connection, a failed
 /// forward, a host key or authentication message) is a failure of its own and
 /// is not retried.
@@ -497,8 +500,15 @@ pub fn refused_before_banner(stderr: &str) -> bool {
                 return false;
             }
             banner = true;
-        } else if !line.starts_with("Connection closed by ") && !line.starts_with("Connection reset by ") {
-            return false;
+        } else if line == "Connection timed out during banner exchange" {
+            banner = true;
+        } else {
+            let aftermath = line.starts_with("Connection closed by ")
+                || line.starts_with("Connection reset by ")
+                || (line.starts_with("Connection to ") && line.ends_with(" timed out"));
+            if !aftermath {
+                return false;
+            }
         }
     }
     banner
@@ -691,7 +701,7 @@ impl HostExec for SshTransport {
                     if refused {
                         let n = refusals.len() + 1;
                         message.push_str(&format!(
-                            "; the connection was closed before the SSH banner ({n} attempt{}): sshd does that beyond its MaxStartups, on the host or a jump host (lower --concurrency, or raise MaxStartups there), and so does a ProxyCommand that fails without a word",
+                            "; the connection was closed before the SSH banner, or the banner did not come ({n} attempt{}): sshd does that beyond its MaxStartups or when it is too busy, on the host or a jump host (lower --concurrency, or raise MaxStartups there), and so does a ProxyCommand that fails without a word",
                             if n == 1 { "" } else { "s" }
                         ));
                     }
@@ -989,6 +999,9 @@ mod tests {
         ));
         assert!(refused_before_banner(
             "kex_exchange_identification: Connection closed by remote host\r\nkex_exchange_identification: Connection closed by remote host\r\n"
+        ));
+        assert!(refused_before_banner(
+            "Connection timed out during banner exchange\r\nConnection to UNKNOWN port 65535 timed out\r\n"
         ));
         // Anything else said is a failure of its own.
         for other in [

@@ -528,7 +528,10 @@ fn through_a_bastion_with_sshds_default_limits_every_host_is_collected() {
             // Each refused attempt is recorded, with what ssh said.
             assert_eq!(refused.matches("attempt ").count() + 1, n.parse::<usize>().unwrap(), "{h}: {refused}");
             assert!(refused.starts_with("attempt 1 at +"), "{h}: {refused}");
-            assert!(refused.contains("kex_exchange_identification"), "{h}: {refused}");
+            assert!(
+                refused.contains("kex_exchange_identification") || refused.contains("timed out during banner exchange"),
+                "{h}: {refused}"
+            );
         }
     }
 
@@ -540,7 +543,7 @@ fn through_a_bastion_with_sshds_default_limits_every_host_is_collected() {
             assert_eq!(r["status"], "unreachable", "{h}: {r}");
             let msg = r["message"].as_str().unwrap();
             assert!(
-                msg.contains("closed before the SSH banner (1 attempt): sshd does that beyond its MaxStartups"),
+                msg.contains("closed before the SSH banner, or the banner did not come (1 attempt): sshd does that beyond its MaxStartups"),
                 "{h}: {msg}"
             );
         }
