@@ -503,9 +503,13 @@ pub fn refused_before_banner(stderr: &str) -> bool {
         } else if line == "Connection timed out during banner exchange" {
             banner = true;
         } else {
+            // A ProxyCommand's socat that could no longer write to ssh,
+            // which had given up: what follows the failure, not another one.
+            let proxy_left = line.contains(" socat[") && line.contains(" E write(") && line.ends_with("): Broken pipe");
             let aftermath = line.starts_with("Connection closed by ")
                 || line.starts_with("Connection reset by ")
-                || (line.starts_with("Connection to ") && line.ends_with(" timed out"));
+                || (line.starts_with("Connection to ") && line.ends_with(" timed out"))
+                || proxy_left;
             if !aftermath {
                 return false;
             }
@@ -1002,6 +1006,9 @@ mod tests {
         ));
         assert!(refused_before_banner(
             "Connection timed out during banner exchange\r\nConnection to UNKNOWN port 65535 timed out\r\n"
+        ));
+        assert!(refused_before_banner(
+            "Connection timed out during banner exchange\r\n2026/12/02 17:30:06 socat[21113] E write(1, 0x55d0d224f000, 1564): Broken pipe\n"
         ));
         // Anything else said is a failure of its own.
         for other in [
