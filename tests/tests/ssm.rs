@@ -214,6 +214,9 @@ async fn thirty_instances_over_ssm_find_the_planted_hosts_and_every_fault() {
     let executor: diffy_testkit::ssm_endpoint::Executor = Arc::new(move |id: &str, text: &str| {
         let mut c = tokio::process::Command::new(script);
         c.args(["--dir", &dir, "--prefix", &prefix, "exec", &hosts_of[id], "/bin/sh", "-c", text]);
+        // An SSM agent does not carry cargo's LD_LIBRARY_PATH: a host's
+        // process caught with it is a loaded_code finding.
+        c.env_remove("LD_LIBRARY_PATH");
         c
     });
     let endpoint = SsmEndpoint::start(EndpointOptions {
