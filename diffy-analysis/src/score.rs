@@ -293,17 +293,18 @@ fn campaigns(
         hosts.dedup();
         groups.push((hosts, rows));
     }
-    let fleet_wide = |rows: &[RowRef]| rows.iter().any(|&(t, r)| 2 * stats[t].hosts_of_row[r as usize].len() > n);
-    groups.sort_by(|a, b| {
-        fleet_wide(&b.1).cmp(&fleet_wide(&a.1)).then(b.0.len().cmp(&a.0.len())).then_with(|| a.0.cmp(&b.0))
-    });
+    // Fleet-wide (a row on most hosts) first, worked out once per group.
+    let mut groups: Vec<(bool, Vec<u32>, Vec<RowRef>)> = groups
+        .into_iter()
+        .map(|(hosts, rows)| (rows.iter().any(|&(t, r)| 2 * stats[t].hosts_of_row[r as usize].len() > n), hosts, rows))
+        .collect();
+    groups.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.len().cmp(&a.1.len())).then_with(|| a.1.cmp(&b.1)));
     let mut out = Vec::new();
     let mut row_campaign = FxHashMap::default();
     let mut host_campaigns = vec![Vec::new(); n];
     let id_of = |a: u32| survey[analysed[a as usize]].id.clone();
-    for (i, (hosts, mut rows)) in groups.into_iter().enumerate() {
+    for (i, (wide, hosts, mut rows)) in groups.into_iter().enumerate() {
         let id = format!("campaign-{}", i + 1);
-        let wide = fleet_wide(&rows);
         let raw = |&(t, r): &RowRef| verdicts[t][r as usize].as_ref().map_or(0.0, |v| v.raw);
         rows.sort_by(|a, b| raw(b).total_cmp(&raw(a)).then(a.cmp(b)));
         let mut campaign_rows = Vec::new();

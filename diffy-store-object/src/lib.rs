@@ -139,6 +139,16 @@ fn store_error(kind: &'static str, action: &str, key: &Path, e: object_store::Er
     }
 }
 
+/// One object's bytes; `Ok(None)` when it does not exist.
+async fn fetch(store: &dyn ObjectStore, kind: &'static str, key: &Path) -> Result<Option<Bytes>> {
+    let r = match store.get(key).await {
+        Ok(r) => r,
+        Err(object_store::Error::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(store_error(kind, "read", key, e)),
+    };
+    r.bytes().await.map(Some).map_err(|e| store_error(kind, "read", key, e))
+}
+
 fn part(s: &str) -> PathPart<'static> {
     PathPart::from(s.to_string())
 }
@@ -302,12 +312,7 @@ impl BlobStore {
     /// `Ok(None)` when the object does not exist.
     async fn get(&self, key: &Path) -> Result<Option<Bytes>> {
         self.reads.gets.fetch_add(1, Ordering::Relaxed);
-        let r = match self.store.get(key).await {
-            Ok(r) => r,
-            Err(object_store::Error::NotFound { .. }) => return Ok(None),
-            Err(e) => return Err(store_error(self.kind, "read", key, e)),
-        };
-        r.bytes().await.map(Some).map_err(|e| store_error(self.kind, "read", key, e))
+        fetch(&*self.store, self.kind, key).await
     }
 
     /// A raw block, downloaded once for every host that needs it (see
@@ -326,14 +331,11 @@ impl BlobStore {
                     let f = async move {
                         let _permit = reads.permits.acquire().await.expect("the semaphore is never closed");
                         reads.gets.fetch_add(1, Ordering::Relaxed);
-                        let r = match store.get(&k).await {
-                            Ok(r) => r,
-                            Err(object_store::Error::NotFound { .. }) => return Ok(None),
-                            Err(e) => return Err(Arc::new(store_error(kind, "read", &k, e))),
-                        };
-                        let b = r.bytes().await.map_err(|e| Arc::new(store_error(kind, "read", &k, e)))?;
-                        reads.cached.fetch_add(b.len() as u64, Ordering::Relaxed);
-                        Ok(Some(b))
+                        let b = fetch(&*store, kind, &k).await.map_err(Arc::new)?;
+                        if let Some(b) = &b {
+                            reads.cached.fetch_add(b.len() as u64, Ordering::Relaxed);
+                        }
+                        Ok(b)
                     }
                     .boxed()
                     .shared();
