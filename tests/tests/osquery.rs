@@ -228,7 +228,7 @@ fn every_osquery_statement_matches_osquerys_table_specs() {
         let outputs: Vec<&str> = st.outputs.iter().map(String::as_str).collect();
         assert_eq!(outputs, shape, "{name}: the statement's output names are the row shape");
         assert!(
-            st.outputs.iter().zip(&st.references).count() > 0 && sql.matches(" AS ").count() >= shape.len(),
+            sql.matches(" AS ").count() >= shape.len(),
             "{name}: every output column is aliased, not named by SQLite's habit: {sql}"
         );
     }
