@@ -114,6 +114,10 @@ pub(crate) fn summarise(kind: QueryKind, row: &Row) -> String {
                 short(get(row, "sha256"), 16)
             ),
         },
+        QueryKind::PackageIntegrity => {
+            let what = if get(row, "attribute") == "c" { "configuration file" } else { "file" };
+            format!("{} {} {what} of a {} package", get(row, "flags"), get(row, "path"), get(row, "manager"))
+        }
         QueryKind::Other => String::new(),
     };
     if s.trim().is_empty() {

@@ -503,6 +503,9 @@ fn persistence(row: &Row, c: &mut Collector) {
 /// checksum its package recorded. Such a value is never the usual one.
 pub fn disowned(kind: QueryKind, row: &Row) -> bool {
     kind == QueryKind::FileHashes && get(row, "package_check") == "mismatch"
+        || kind == QueryKind::PackageIntegrity
+            && get(row, "attribute") != "c"
+            && get(row, "flags").as_bytes().get(2) == Some(&b'5')
 }
 
 /// Assesses a row of query `kind` reported as a finding of `finding`.
@@ -716,6 +719,24 @@ pub fn assess(kind: QueryKind, row: &Row, finding: FindingKind) -> Assessment {
             c.add(6.0, "hidden from the /proc listing (a rootkit hides it)");
             executable_path(get(row, "path"), &mut c);
         }
+        QueryKind::PackageIntegrity => {
+            let path = get(row, "path");
+            let flags = get(row, "flags");
+            let config = get(row, "attribute") == "c";
+            // dpkg and rpm: the third flag is the digest, `M` the mode, `U`/`G` the owner.
+            let digest = flags.len() == 9 && flags.as_bytes()[2] == b'5';
+            if flags == "missing" {
+                c.sensitive(1.0, "a file its package installed is missing");
+            } else if config {
+                c.sensitive(1.0, "a configuration file differs from the one its package installed");
+            } else if digest {
+                c.add(5.0, "differs from the checksum its package recorded (replaced after installation)");
+            }
+            if !config && flags.len() == 9 && (flags.contains('M') || flags.contains('U') || flags.contains('G')) {
+                c.sensitive(2.0, "the mode or owner of a packaged file changed");
+            }
+            executable_path(path, &mut c);
+        }
         QueryKind::Shadow => {
             if get(row, "password_state") == "empty" {
                 c.add(5.0, "an account without a password");
@@ -790,6 +811,25 @@ mod tests {
         assert!(init.indicators.contains(&"downloads and runs code".to_string()), "{init:?}");
         let plain = p("/etc/profile.d/locale.sh", "", r"export LANG=C.UTF-8\n");
         assert_eq!(plain.severity, 1.0, "{plain:?}");
+    }
+
+    #[test]
+    fn packaged_files_that_differ() {
+        use Relevance::*;
+        let a = |pairs: &[(&str, &str)]| assess(QueryKind::PackageIntegrity, &row(pairs), FindingKind::Rare);
+        let replaced = a(&[("path", "/usr/bin/ls"), ("flags", "??5??????"), ("attribute", ""), ("manager", "dpkg")]);
+        assert!(replaced.severity >= 5.0 && replaced.relevance == Attack, "{replaced:?}");
+        let rpm = a(&[("path", "/usr/sbin/sshd"), ("flags", "S.5......"), ("attribute", ""), ("manager", "rpm")]);
+        assert_eq!(rpm.relevance, Attack, "rpm's flags too");
+        let config = a(&[("path", "/etc/issue"), ("flags", "??5??????"), ("attribute", "c"), ("manager", "dpkg")]);
+        assert!(config.severity < 2.0 && config.relevance == Sensitive, "an edited configuration file: {config:?}");
+        let gone = a(&[("path", "/usr/share/doc/x"), ("flags", "missing"), ("attribute", ""), ("manager", "dpkg")]);
+        assert_eq!((gone.severity, gone.relevance), (1.0, Sensitive));
+        let mode = a(&[("path", "/usr/bin/find"), ("flags", ".M......."), ("attribute", ""), ("manager", "rpm")]);
+        assert!(mode.severity >= 2.0 && mode.relevance == Sensitive, "{mode:?}");
+        let r = |pairs: &[(&str, &str)]| row(pairs);
+        assert!(disowned(QueryKind::PackageIntegrity, &r(&[("flags", "??5??????"), ("attribute", "")])));
+        assert!(!disowned(QueryKind::PackageIntegrity, &r(&[("flags", "??5??????"), ("attribute", "c")])));
     }
 
     #[test]

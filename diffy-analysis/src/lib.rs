@@ -64,9 +64,10 @@
 //! Each finding contributes `weight × severity × strength`:
 //!
 //! - **weight** of the query, as the payload declares it, else by kind:
-//!   kernel_modules 6, persistence 5, users 4, authorized_keys 4, file_hashes 3, suid_bin 3,
-//!   crontab 2.5, listening_ports 2, startup_items 2, processes 1, other 1,
-//!   shell_history 0.5;
+//!   kernel_modules 6, hidden_processes 6, persistence 5, file_capabilities 5, users 4,
+//!   authorized_keys 4, loaded_code 4, file_hashes 3, suid_bin 3, temp_files 3, shadow 3,
+//!   package_integrity 3, crontab 2.5, listening_ports 2, startup_items 2, processes 1,
+//!   other 1, shell_history 0.5;
 //! - **severity** from the row's security indicators ([`indicators`]), 1 when
 //!   none (a second uid-0 account 8, a reverse shell 6, an executable in `/tmp`
 //!   5, a download-and-run cron entry 5, a changed system binary 2, ...), and

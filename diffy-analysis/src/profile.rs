@@ -56,6 +56,9 @@ pub enum QueryKind {
     Shadow,
     /// `hidden_processes`
     HiddenProcesses,
+    /// `package_integrity` (the deep pack): packaged files that differ from
+    /// the package database.
+    PackageIntegrity,
     /// Any other query: generic normalisation and indicators.
     Other,
 }
@@ -80,6 +83,7 @@ impl QueryKind {
             "temp_files" => QueryKind::TempFiles,
             "shadow" => QueryKind::Shadow,
             "hidden_processes" => QueryKind::HiddenProcesses,
+            "package_integrity" => QueryKind::PackageIntegrity,
             _ => QueryKind::Other,
         }
     }
@@ -106,6 +110,7 @@ impl QueryKind {
             QueryKind::TempFiles => 3.0,
             QueryKind::Shadow => 3.0,
             QueryKind::HiddenProcesses => 6.0,
+            QueryKind::PackageIntegrity => 3.0,
             QueryKind::Other => 1.0,
         }
     }

@@ -186,7 +186,11 @@ pub(crate) fn collecting_engine(
     let target = registry::target(&target_name, hosts, hosts_file.as_deref(), &transport_name, &ssh, &aws)?;
     let payload = registry::payload(&payload_name, &c.config)?;
     let store = registry::store(&c.store, &aws, registry::StoreUse::Write)?;
-    let options = collect_options(c, tr, collection.default_concurrency(), transport_name != "ssm")?;
+    let mut options = collect_options(c, tr, collection.default_concurrency(), transport_name != "ssm")?;
+    // The deep packs read every packaged file: their own default deadline.
+    if payload_name.ends_with("-deep") && tr.deadline.is_none() && d.deadline.is_none() {
+        options = options.host_deadline(diffy_core::payload::DEEP_HOST_DEADLINE);
+    }
     Ok(Engine::builder()
         .target_arc(target)
         .collection_arc(collection)

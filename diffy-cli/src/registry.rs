@@ -87,6 +87,20 @@ pub const PLUGINS: &[PluginInfo] = &[
     },
     PluginInfo {
         kind: "payload",
+        name: "shell-deep",
+        feature: "payload-shell",
+        compiled: cfg!(feature = "payload-shell"),
+        about: "the shell pack, then dpkg --verify / rpm -Va (tens of seconds a host; deadline 480s unless given)",
+    },
+    PluginInfo {
+        kind: "payload",
+        name: "osquery-deep",
+        feature: "payload-osquery",
+        compiled: cfg!(feature = "payload-osquery"),
+        about: "the osquery pack, then dpkg --verify / rpm -Va (tens of seconds a host; deadline 480s unless given)",
+    },
+    PluginInfo {
+        kind: "payload",
         name: "file",
         feature: "payload-file",
         compiled: cfg!(feature = "payload-file"),
@@ -426,6 +440,20 @@ pub fn payload(name: &str, config: &Config) -> CliResult<Arc<dyn Payload>> {
             #[allow(unreachable_code)]
             Err(not_built("payload", name))
         }
+        "shell-deep" => {
+            lookup(PLUGINS, "payload", "shell-deep")?;
+            #[cfg(feature = "payload-shell")]
+            return Ok(Arc::new(diffy_core::DeepPayload { osquery: false }));
+            #[allow(unreachable_code)]
+            Err(not_built("payload", name))
+        }
+        "osquery-deep" => {
+            lookup(PLUGINS, "payload", "osquery-deep")?;
+            #[cfg(feature = "payload-osquery")]
+            return Ok(Arc::new(diffy_core::DeepPayload { osquery: true }));
+            #[allow(unreachable_code)]
+            Err(not_built("payload", name))
+        }
         other => {
             let entry = config.payloads.get(other);
             let path = Path::new(other);
@@ -433,7 +461,7 @@ pub fn payload(name: &str, config: &Config) -> CliResult<Arc<dyn Payload>> {
                 let named: Vec<&str> = config.payloads.keys().map(String::as_str).collect();
                 return Err(CliError::new(
                     format!(
-                        "unknown payload {other:?}: not shell, not osquery, not named in diffy.toml, and no such file"
+                        "unknown payload {other:?}: not shell, osquery or their -deep packs, not named in diffy.toml, and no such file"
                     ),
                     if named.is_empty() {
                         "use --payload shell, --payload osquery, or the path of a payload file".to_string()

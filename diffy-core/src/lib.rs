@@ -66,7 +66,7 @@ pub use engine::{
 };
 pub use error::{Error, Result};
 pub use names::{Host, HostId, RunId, TargetKey};
-pub use payload::{FilePayload, OsqueryPayload, Payload, PayloadContext, ShellPayload};
+pub use payload::{DeepPayload, FilePayload, OsqueryPayload, Payload, PayloadContext, ShellPayload};
 pub use persistence::{BaselineWrite, Persistence, PersistenceExt};
 pub use query::{OSQUERYI_FLAGS, OutputFormat, PayloadSpec, Query, QueryCommand, Row, osqueryi_command};
 pub use report::{

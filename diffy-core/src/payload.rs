@@ -24,6 +24,7 @@
 //! | `temp_files` | path, kind, mode, owner, size, sha256 |
 //! | `shadow` | username, password_state, last_change, max_days |
 //! | `hidden_processes` | pid, name, path, cmdline |
+//! | `package_integrity` (deep pack only) | path, flags, attribute, manager |
 //!
 //! One row shape per query, whichever pack asks. osquery answers five
 //! queries with its own tables, its SQL aliased to these columns and put in
@@ -707,6 +708,65 @@ const STANDARD: &[Standard] = &[
     },
 ];
 
+// Files of installed packages that differ from the package database: what
+// `dpkg --verify` or `rpm -Va` reports (content, mode, owner; `missing`),
+// one row per file, at the lowest CPU and I/O priority (the host is in
+// production). It reads every packaged file, tens of seconds on a large
+// `/usr`: the deep pack only, under its own time limit. 5,000 rows at most;
+// the rest are counted as unseen.
+const PACKAGE_INTEGRITY_SH: &str = r#"printf 'path\tflags\tattribute\tmanager\n'
+low=
+command -v nice >/dev/null 2>&1 && low='nice -n 19'
+command -v ionice >/dev/null 2>&1 && ionice -c 3 true 2>/dev/null && low="$low ionice -c 3"
+if command -v dpkg >/dev/null 2>&1 && [ -d /var/lib/dpkg/info ]; then
+  m=dpkg; set -- dpkg --verify
+elif command -v rpm >/dev/null 2>&1; then
+  # A changed modification time alone is what every copy does.
+  m=rpm; set -- rpm -Va --nomtime
+else
+  printf 'diffy-unseen\tno package database (neither dpkg nor rpm)\n' >&2; exit 0
+fi
+# Both print the flags, the attribute when there is one (c: a configuration
+# file), then the path: `??5??????   /usr/bin/x`, `missing   c /etc/y`.
+$low "$@" 2>/dev/null | awk -v m="$m" '
+  { f = $1; r = substr($0, length(f) + 1); sub(/^ +/, "", r); a = ""
+    if (r ~ /^[cdglr] +\//) { a = substr(r, 1, 1); r = substr(r, 2); sub(/^ +/, "", r) }
+    if (r !~ /^\//) next
+    gsub(/\t/, " ", r); n++
+    if (n <= 5000) print r "\t" f "\t" a "\t" m }
+  END { if (n > 5000) printf "diffy-unseen\t%d more files that differ from their package (5000 listed)\n", n - 5000 | "cat 1>&2" }'"#;
+
+/// The deep pack's time limit for `package_integrity` alone.
+pub const PACKAGE_INTEGRITY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// A host deadline that leaves the deep pack room: its standard queries, then
+/// `package_integrity` up to [`PACKAGE_INTEGRITY_TIMEOUT`].
+pub const DEEP_HOST_DEADLINE: std::time::Duration = std::time::Duration::from_secs(480);
+
+/// Queries of the deep pack only: too slow for every run.
+const DEEP: &[Standard] = &[Standard {
+    name: "package_integrity",
+    columns: &["path", "flags", "attribute", "manager"],
+    identity: &["path"],
+    volatile: &[],
+    description: "files of installed packages that differ from the package database (`dpkg --verify`, \
+                  `rpm -Va --nomtime`; the same shell in both packs: no osquery table verifies packages), \
+                  at the lowest CPU and I/O priority, under its own time limit",
+    osquery: "",
+    shell: PACKAGE_INTEGRITY_SH,
+    format: OutputFormat::Tsv,
+}];
+
+fn all_standard() -> impl Iterator<Item = &'static Standard> {
+    STANDARD.iter().chain(DEEP)
+}
+
+fn deep_query(s: &Standard, osquery: bool) -> Query {
+    let mut q = standard_query(s, osquery);
+    q.timeout = Some(PACKAGE_INTEGRITY_TIMEOUT);
+    q
+}
+
 fn standard_query(s: &Standard, osquery: bool) -> Query {
     // A query without SQL asks osquery's hosts the shell way (no table holds
     // it: osquery's `hash` has no package checksums).
@@ -741,7 +801,7 @@ fn standard_query(s: &Standard, osquery: bool) -> Query {
 
 /// The columns every row of the standard query `name` has, in both packs.
 pub fn row_shape(name: &str) -> Option<&'static [&'static str]> {
-    STANDARD.iter().find(|s| s.name == name).map(|s| s.columns)
+    all_standard().find(|s| s.name == name).map(|s| s.columns)
 }
 
 /// The osquery SQL of the standard pack, by query name: the queries osquery
@@ -753,7 +813,11 @@ pub fn osquery_statements() -> impl Iterator<Item = (&'static str, &'static str)
 /// The standard pack's query named `name` (shell form), if there is one; used
 /// to normalise evidence imported from elsewhere under the same names.
 pub fn standard_query_named(name: &str) -> Option<Query> {
-    STANDARD.iter().find(|s| s.name == name).map(|s| standard_query(s, false))
+    STANDARD
+        .iter()
+        .find(|s| s.name == name)
+        .map(|s| standard_query(s, false))
+        .or_else(|| DEEP.iter().find(|s| s.name == name).map(|s| deep_query(s, false)))
 }
 
 /// The standard pack as osquery SQL, run with `osqueryi --json`.
@@ -769,6 +833,18 @@ impl OsqueryPayload {
             queries: STANDARD.iter().map(|s| standard_query(s, true)).collect(),
             teardown: None,
         }
+    }
+}
+
+impl OsqueryPayload {
+    /// The deep pack: the standard pack, then the queries too slow for every
+    /// run (`package_integrity`), each under its own time limit. Give hosts
+    /// [`DEEP_HOST_DEADLINE`].
+    pub fn deep_pack() -> PayloadSpec {
+        let mut spec = Self::pack();
+        spec.name = "osquery-deep".into();
+        spec.queries.extend(DEEP.iter().map(|s| deep_query(s, true)));
+        spec
     }
 }
 
@@ -796,6 +872,39 @@ impl ShellPayload {
             queries: STANDARD.iter().map(|s| standard_query(s, false)).collect(),
             teardown: None,
         }
+    }
+}
+
+impl ShellPayload {
+    /// The deep pack: the standard pack, then the queries too slow for every
+    /// run (`package_integrity`), each under its own time limit. Give hosts
+    /// [`DEEP_HOST_DEADLINE`].
+    pub fn deep_pack() -> PayloadSpec {
+        let mut spec = Self::pack();
+        spec.name = "shell-deep".into();
+        spec.queries.extend(DEEP.iter().map(|s| deep_query(s, false)));
+        spec
+    }
+}
+
+/// The deep pack of either kind ([`ShellPayload::deep_pack`],
+/// [`OsqueryPayload::deep_pack`]): the standard queries, then
+/// `package_integrity` (`dpkg --verify`, `rpm -Va`), which reads every
+/// packaged file. Run it on the few hosts worth it, with
+/// [`DEEP_HOST_DEADLINE`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DeepPayload {
+    /// The standard queries through osquery (`osquery-deep`), or shell (`shell-deep`).
+    pub osquery: bool,
+}
+
+impl Payload for DeepPayload {
+    fn name(&self) -> &str {
+        if self.osquery { "osquery-deep" } else { "shell-deep" }
+    }
+
+    fn spec(&self, _ctx: &PayloadContext) -> Result<PayloadSpec> {
+        Ok(if self.osquery { OsqueryPayload::deep_pack() } else { ShellPayload::deep_pack() })
     }
 }
 

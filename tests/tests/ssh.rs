@@ -857,3 +857,54 @@ fn forty_hosts_eighteen_persistence_techniques_are_exactly_the_outliers() {
         assert!(h.findings.is_empty(), "clean hosts, the canary's too, have nothing to say: {h:#?}");
     }
 }
+
+/// The deep pack: `dpkg --verify` on every host, under its own time limit and
+/// the deep pack's own deadline; a configuration file edited on one host
+/// is reported there, seen on 1 of the hosts, and nowhere else.
+#[test]
+fn the_deep_pack_reports_packaged_files_that_differ() {
+    if !std::path::Path::new("/var/lib/dpkg/info/base-files.conffiles").exists() {
+        eprintln!("skipped: needs a Debian host (dpkg, base-files)");
+        return;
+    }
+    let Some(fleet) = Fleet::up(4, "deep") else { return };
+    let edited = fleet.host(3).to_string();
+    let out = fleet.exec(&edited, "echo 12.99-edited > /etc/debian_version");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let d = Diffy::new();
+    let mut args = vec!["analyze".to_string(), "web".into()];
+    args.extend(ssh_args(&fleet));
+    args.extend(["--payload", "shell-deep", "--method", "cluster", "--format", "json"].map(String::from));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let r = d.run(&args);
+    let report = r.report();
+    assert_eq!(report.coverage.collected, 4, "{}\n{:?}", r.stderr, report.coverage);
+    assert_eq!(report.run.as_ref().and_then(|r| r.payload.as_deref()), Some("shell-deep"));
+    let integrity = |h: &str| {
+        let host = report.hosts.iter().find(|x| x.host == h).unwrap();
+        host.findings.iter().filter(|f| f.query == "package_integrity").cloned().collect::<Vec<_>>()
+    };
+    let found = integrity(&edited);
+    let f = found
+        .iter()
+        .find(|f| f.row.get("path").map(String::as_str) == Some("/etc/debian_version"))
+        .unwrap_or_else(|| panic!("the edited file is reported: {found:#?}"));
+    assert_eq!(f.row.get("flags").map(String::as_str), Some("??5??????"), "{f:#?}");
+    assert_eq!(f.row.get("attribute").map(String::as_str), Some("c"), "a configuration file: {f:#?}");
+    assert_eq!(f.row.get("manager").map(String::as_str), Some("dpkg"));
+    assert_eq!((f.prevalence.hosts, f.prevalence.of), (1, 4), "{f:#?}");
+    assert!(f.indicators.iter().any(|i| i.contains("configuration file")), "{f:#?}");
+    for h in fleet.hosts.iter().filter(|h| **h != edited) {
+        assert!(integrity(h).is_empty(), "{h}: what every host shares is not a finding: {:#?}", integrity(h));
+    }
+    // Every host answered the query itself, under its own limit: no host's
+    // package_integrity failed or was cut.
+    for h in &fleet.hosts {
+        let stored = d.host_result(&common::only_run(&d.path("diffy-store")), h);
+        let q = stored["queries"]
+            .as_array()
+            .and_then(|qs| qs.iter().find(|q| q["name"] == "package_integrity"))
+            .unwrap_or_else(|| panic!("{h}: package_integrity ran: {stored:#}"));
+        assert_eq!(q["status"], "ok", "{h}: {q:#}");
+    }
+}
