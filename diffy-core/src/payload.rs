@@ -254,18 +254,39 @@ t=$(printf '\t')
     done
   done < /etc/passwd
 } | grep -v "$t" | sort -u |
-# Files a package installed, unchanged, are the stock host: only the rest is listed.
+# Files a package installed, unchanged, are the stock host: only the rest is
+# listed. One md5sum for all the regular files (xargs), not one per file; a
+# file md5sum could not read, or whose name it escapes, is listed.
 {
   md5=$(command -v md5sum)
   if [ -n "$md5" ] && [ -d /var/lib/dpkg/info ]; then
-    while IFS= read -r f; do
-      if [ -f "$f" ] && [ ! -L "$f" ]; then printf 'F %s\n' "$(md5sum < "$f" 2>/dev/null | cut -c1-32)$t$f"; else printf 'L -%s%s\n' "$t" "$f"; fi
-    done | awk -v FS="$t" -v merged="$([ -L /lib ] && echo 1)" '
+    list=$(cat)
+    {
+      printf '%s\n' "$list" | while IFS= read -r f; do
+        [ -n "$f" ] || continue
+        if [ -f "$f" ] && [ ! -L "$f" ]; then printf 'R -%s%s\n' "$t" "$f"; else printf 'L -%s%s\n' "$t" "$f"; continue; fi
+        # md5sum escapes a name with a backslash (systemd's \x2d): those alone, one by one.
+        case $f in *\\*) printf 'F %s\n' "$(md5sum < "$f" 2>/dev/null | cut -c1-32)$t$f" ;; esac
+      done
+      if command -v xargs >/dev/null 2>&1; then
+        printf '%s\n' "$list" | while IFS= read -r f; do
+          case $f in *\\*) continue ;; esac
+          [ -f "$f" ] && [ ! -L "$f" ] && printf '%s\n' "$f"
+        done | tr '\n' '\000' | xargs -0 md5sum 2>/dev/null | sed -n "s/^\([0-9a-f]\{32\}\)  \(\/.*\)\$/F \1$t\2/p"
+      else
+        printf '%s\n' "$list" | while IFS= read -r f; do
+          [ -f "$f" ] && [ ! -L "$f" ] && printf 'F %s\n' "$(md5sum < "$f" 2>/dev/null | cut -c1-32)$t$f"
+        done
+      fi
+    } | awk -v FS="$t" -v merged="$([ -L /lib ] && echo 1)" '
       function add(p, m) { stock[p] = m; if (merged && p ~ /^\/(lib|lib64|bin|sbin)\//) stock["/usr" p] = m }
-      FILENAME == "-" { k = substr($1, 3); if (!(($2) in stock) || stock[$2] != k) print $2; next }
+      FILENAME == "-" && $1 == "R -" { regular[$2] = 1; next }
+      FILENAME == "-" { k = substr($1, 3); if ($1 != "L -") hashed[$2] = 1
+        if (!(($2) in stock) || stock[$2] != k) print $2; next }
       FILENAME ~ /status$/ { if (/^ \//) { n = split($0, w, " "); if (n >= 2) add(w[1], w[2]) } next }
       FILENAME ~ /md5sums$/ { add("/" substr($0, 35), substr($0, 1, 32)); next }
       !($0 in stock) { add($0, "-") }
+      END { for (p in regular) if (!(p in hashed)) print p }
     ' /var/lib/dpkg/status /var/lib/dpkg/info/*.md5sums /var/lib/dpkg/info/*.list -
   else
     cat
