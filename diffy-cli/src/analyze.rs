@@ -133,7 +133,7 @@ pub(crate) async fn analyze(c: &Common, a: &AnalyzeArgs) -> CliResult<u8> {
     let analysis: Arc<dyn diffy_core::Analysis> = Arc::new(analysis);
     if let Some(from) = &a.from {
         let run = RunId::new(from.as_str()).map_err(CliError::from)?;
-        let store = registry::store(&c.store, &registry::AwsCell::default(), registry::StoreUse::Read)?;
+        let store = registry::store(&c.store, &registry::AwsCell::default(), registry::StoreUse::Read).await?;
         if let Some(k) = &a.key {
             let m = store.get_run(&run).await?;
             if m.target.as_str() != k {
@@ -149,7 +149,8 @@ pub(crate) async fn analyze(c: &Common, a: &AnalyzeArgs) -> CliResult<u8> {
         return coverage_code(a, &report);
     }
     let key = key(a.key.as_deref().expect("clap requires a key without --from or --import"))?;
-    let engine = collecting_engine(c, &a.target, &a.transport, &a.payload, &a.run)?.analysis_arc(analysis).build()?;
+    let engine =
+        collecting_engine(c, &a.target, &a.transport, &a.payload, &a.run).await?.analysis_arc(analysis).build()?;
     let run = run_options(c, &a.run);
     let cancel = CancellationToken::new();
     ctrl_c(cancel.clone());

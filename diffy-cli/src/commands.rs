@@ -152,7 +152,7 @@ fn ssh_settings(c: &Common, a: &crate::cli::SshArgs) -> registry::SshSettings {
 }
 
 /// An engine for collecting: target, transport, payload and store.
-pub(crate) fn collecting_engine(
+pub(crate) async fn collecting_engine(
     c: &Common,
     t: &TargetArgs,
     tr: &TransportArgs,
@@ -182,10 +182,10 @@ pub(crate) fn collecting_engine(
         tags: t.tags.clone(),
         instance_ids: t.instance_ids.clone(),
     });
-    let collection = registry::transport(&transport_name, &ssh, incident.as_deref(), &aws)?;
-    let target = registry::target(&target_name, hosts, hosts_file.as_deref(), &transport_name, &ssh, &aws)?;
+    let collection = registry::transport(&transport_name, &ssh, incident.as_deref(), &aws).await?;
+    let target = registry::target(&target_name, hosts, hosts_file.as_deref(), &transport_name, &ssh, &aws).await?;
     let payload = registry::payload(&payload_name, &c.config)?;
-    let store = registry::store(&c.store, &aws, registry::StoreUse::Write)?;
+    let store = registry::store(&c.store, &aws, registry::StoreUse::Write).await?;
     let mut options = collect_options(c, tr, collection.default_concurrency(), transport_name != "ssm")?;
     // The deep packs read every packaged file: their own default deadline.
     if payload_name.ends_with("-deep") && tr.deadline.is_none() && d.deadline.is_none() {
@@ -299,7 +299,7 @@ fn collection_code(m: &diffy_core::RunManifest) -> u8 {
 async fn collect(c: &Common, a: &CollectArgs) -> CliResult<u8> {
     let key = key(&a.key)?;
     max_failed(&a.coverage, 0)?;
-    let engine = collecting_engine(c, &a.target, &a.transport, &a.payload, &a.run)?.build()?;
+    let engine = collecting_engine(c, &a.target, &a.transport, &a.payload, &a.run).await?.build()?;
     let run = run_options(c, &a.run);
     let cancel = CancellationToken::new();
     ctrl_c(cancel.clone());
@@ -334,7 +334,7 @@ async fn collect(c: &Common, a: &CollectArgs) -> CliResult<u8> {
 
 async fn baseline(c: &Common, a: &BaselineArgs) -> CliResult<u8> {
     let key = key(&a.key)?;
-    let engine = collecting_engine(c, &a.target, &a.transport, &a.payload, &a.run)?;
+    let engine = collecting_engine(c, &a.target, &a.transport, &a.payload, &a.run).await?;
     // The analysis reads the key's latest run again, to refuse its outliers
     // as baseline hosts (a build without it cannot tell them).
     #[cfg(feature = "analysis")]
@@ -377,7 +377,7 @@ async fn baseline(c: &Common, a: &BaselineArgs) -> CliResult<u8> {
 }
 
 async fn runs(c: &Common, a: &RunsArgs) -> CliResult<u8> {
-    let store = registry::store(&c.store, &registry::AwsCell::default(), registry::StoreUse::Read)?;
+    let store = registry::store(&c.store, &registry::AwsCell::default(), registry::StoreUse::Read).await?;
     let target = a.key.as_deref().map(key).transpose()?;
     let manifests = store.list_runs(target.as_ref()).await?;
     let mut baselines = std::collections::BTreeMap::new();

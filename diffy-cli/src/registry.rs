@@ -203,7 +203,7 @@ pub struct AwsSettings {
 pub struct AwsCell {
     settings: AwsSettings,
     #[cfg(any(feature = "target-asg", feature = "transport-ssm", feature = "store-s3"))]
-    cell: std::sync::OnceLock<diffy_aws::AwsContext>,
+    cell: tokio::sync::OnceCell<diffy_aws::AwsContext>,
 }
 
 impl AwsCell {
@@ -212,7 +212,7 @@ impl AwsCell {
         Self {
             settings,
             #[cfg(any(feature = "target-asg", feature = "transport-ssm", feature = "store-s3"))]
-            cell: std::sync::OnceLock::new(),
+            cell: tokio::sync::OnceCell::new(),
         }
     }
 
@@ -221,12 +221,16 @@ impl AwsCell {
         &self.settings
     }
 
-    /// The context: the standard credential chain, the accounts and regions.
+    /// The context: the standard credential chain, the accounts and regions,
+    /// loaded on the first call (async: profiles, SSO, IMDS), on whatever
+    /// runtime the caller has.
     #[cfg(any(feature = "target-asg", feature = "transport-ssm", feature = "store-s3"))]
-    pub fn get(&self) -> CliResult<diffy_aws::AwsContext> {
-        if let Some(c) = self.cell.get() {
-            return Ok(c.clone());
-        }
+    pub async fn get(&self) -> CliResult<diffy_aws::AwsContext> {
+        self.cell.get_or_try_init(|| self.load()).await.cloned()
+    }
+
+    #[cfg(any(feature = "target-asg", feature = "transport-ssm", feature = "store-s3"))]
+    async fn load(&self) -> CliResult<diffy_aws::AwsContext> {
         let s = &self.settings;
         let mut accounts = Vec::new();
         if let Some(f) = &s.accounts_file {
@@ -244,11 +248,7 @@ impl AwsCell {
         if let Some(i) = &s.incident {
             o = o.session_name(format!("diffy-{i}"));
         }
-        // Loading the AWS configuration is async (profiles, SSO, IMDS).
-        let ctx = tokio::task::block_in_place(|| {
-            tokio::runtime::Handle::current().block_on(diffy_aws::AwsContext::from_env(o))
-        })?;
-        Ok(self.cell.get_or_init(|| ctx).clone())
+        Ok(diffy_aws::AwsContext::from_env(o).await?)
     }
 }
 
@@ -273,7 +273,7 @@ pub fn local_hostname() -> String {
 }
 
 /// Builds the target.
-pub fn target(
+pub async fn target(
     name: &str,
     hosts: Vec<Host>,
     hosts_file: Option<&Path>,
@@ -335,7 +335,7 @@ pub fn target(
         if !s.instance_ids.is_empty() {
             selectors.push(Selector::instances(s.instance_ids.iter().cloned())?);
         }
-        let mut t = AsgTarget::new(aws.get()?, selectors);
+        let mut t = AsgTarget::new(aws.get().await?, selectors);
         // --host and --hosts choose among the target's instances, never add to them.
         let mut chosen: Vec<String> = hosts.iter().map(|h| h.id.to_string()).collect();
         if let Some(f) = hosts_file {
@@ -351,7 +351,7 @@ pub fn target(
 }
 
 /// Builds the transport.
-pub fn transport(
+pub async fn transport(
     name: &str,
     ssh: &SshSettings,
     incident: Option<&str>,
@@ -412,7 +412,7 @@ pub fn transport(
                 )
             })?),
         };
-        let ctx = aws.get()?;
+        let ctx = aws.get().await?;
         if let Some((bucket, prefix)) = output {
             let reader = diffy_aws::s3::store(&bucket, &ctx)?;
             o = o.output_bucket(diffy_transport_ssm::OutputBucket::new(bucket, prefix, Arc::new(reader)));
@@ -502,20 +502,16 @@ pub enum StoreUse {
 }
 
 /// Opens the store.
-pub fn store(location: &str, aws: &AwsCell, usage: StoreUse) -> CliResult<Arc<dyn Persistence>> {
+pub async fn store(location: &str, aws: &AwsCell, usage: StoreUse) -> CliResult<Arc<dyn Persistence>> {
     if location.starts_with("s3://") {
         lookup(PLUGINS, "store", "s3")?;
         #[cfg(feature = "store-s3")]
         {
-            let ctx = aws.get()?;
-            let s = tokio::task::block_in_place(|| {
-                tokio::runtime::Handle::current().block_on(async {
-                    match usage {
-                        StoreUse::Write => diffy_store_object::BlobStore::s3(location, &ctx).await,
-                        StoreUse::Read => diffy_store_object::BlobStore::s3_existing(location, &ctx).await,
-                    }
-                })
-            })?;
+            let ctx = aws.get().await?;
+            let s = match usage {
+                StoreUse::Write => diffy_store_object::BlobStore::s3(location, &ctx).await,
+                StoreUse::Read => diffy_store_object::BlobStore::s3_existing(location, &ctx).await,
+            }?;
             return Ok(Arc::new(s));
         }
     }
