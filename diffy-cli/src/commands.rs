@@ -73,22 +73,7 @@ fn parse_duration(s: &str) -> CliResult<Duration> {
     Ok(d)
 }
 
-/// The soft limit on open files, once raised at start (see `main`).
-pub(crate) static OPEN_FILES: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-
-/// Hosts that can run at once within `open_files` descriptors when each
-/// host is a child process: three pipes held here per host, one to spare,
-/// and 64 kept for the store, the runtime and the terminal.
-pub(crate) fn hosts_within(open_files: u64) -> usize {
-    usize::try_from(open_files.saturating_sub(64) / 4).unwrap_or(usize::MAX).max(1)
-}
-
-fn collect_options(
-    c: &Common,
-    t: &TransportArgs,
-    transport_default: usize,
-    child_per_host: bool,
-) -> CliResult<CollectOptions> {
+fn collect_options(c: &Common, t: &TransportArgs, transport_default: usize) -> CliResult<CollectOptions> {
     let d = &c.config.defaults;
     let mut concurrency = transport_default;
     if let Some(n) = t.concurrency.or(d.concurrency) {
@@ -97,17 +82,8 @@ fn collect_options(
         }
         concurrency = n;
     }
-    // A host that cannot get its pipes would be lost: run fewer at once.
-    if let (true, Some(&files)) = (child_per_host, OPEN_FILES.get()) {
-        let fits = hosts_within(files);
-        if concurrency > fits {
-            let _ = writeln!(
-                std::io::stderr(),
-                "warning: {concurrency} hosts at once need more open files than the limit of {files} allows; running {fits} at once (raise `ulimit -Hn` to run more)"
-            );
-            concurrency = fits;
-        }
-    }
+    // The engine runs fewer at once if the process's limits cannot hold
+    // this many (and says so through the sink).
     let mut o = CollectOptions::default().concurrency(concurrency);
     if let Some(s) = t.deadline.as_deref().or(d.deadline.as_deref()) {
         o = o.host_deadline(parse_duration(s)?);
@@ -186,7 +162,7 @@ pub(crate) async fn collecting_engine(
     let target = registry::target(&target_name, hosts, hosts_file.as_deref(), &transport_name, &ssh, &aws).await?;
     let payload = registry::payload(&payload_name, &c.config)?;
     let store = registry::store(&c.store, &aws, registry::StoreUse::Write).await?;
-    let mut options = collect_options(c, tr, collection.default_concurrency(), transport_name != "ssm")?;
+    let mut options = collect_options(c, tr, collection.default_concurrency())?;
     // The deep packs read every packaged file: their own default deadline.
     if payload_name.ends_with("-deep") && tr.deadline.is_none() && d.deadline.is_none() {
         options = options.host_deadline(diffy_core::payload::DEEP_HOST_DEADLINE);

@@ -62,24 +62,20 @@ fn threads_from(setting: Option<&str>) -> Result<usize, &str> {
 /// Raises the soft limit on open files to the hard limit (as Go's runtime
 /// and many servers do): each host in flight holds a few pipes, and the
 /// common soft default of 1024 would otherwise cost hosts at high
-/// concurrency. Returns the soft limit in force.
-fn raise_open_files() -> Option<u64> {
+/// concurrency. What is still too low, the engine fits its concurrency to.
+fn raise_open_files() {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else { return };
     if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
         tracing::debug!("raised the open-files limit from {soft} to {hard}");
-        return Some(hard);
     }
-    Some(soft)
 }
 
 /// Runs `diffy` with the process's arguments; returns the exit status.
 pub fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     init_tracing(cli.verbose);
-    if let Some(n) = raise_open_files() {
-        let _ = commands::OPEN_FILES.set(n);
-    }
+    raise_open_files();
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(async_threads()).enable_all().build()
     {
         Ok(r) => r,

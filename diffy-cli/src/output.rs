@@ -63,6 +63,11 @@ impl EventSink for CliSink {
     fn event(&self, event: &Event) {
         match event {
             Event::RunStarted(r) => {
+                if let Some(why) = &r.concurrency_capped {
+                    self.progress.suspend(|| {
+                        let _ = writeln!(io::stderr(), "warning: {why}");
+                    });
+                }
                 self.progress.set_length(r.hosts as u64);
                 self.progress.set_prefix(format!("{} {}", r.kind, r.target));
             }
@@ -260,6 +265,9 @@ fn render_report(out: &mut dyn Write, r: &Report, evidence: Option<&str>, show: 
             if r.partial_view() {
                 write!(out, ", PARTIAL VIEW")?;
             }
+            if run.concurrency_capped.is_some() {
+                write!(out, ", {} HOSTS AT ONCE", run.concurrency.unwrap_or(1))?;
+            }
             let not_covered = r.coverage.failed + r.coverage.missing;
             if not_covered > 0 {
                 write!(out, ", {not_covered} of {} hosts NOT COVERED", r.coverage.targeted)?;
@@ -293,6 +301,9 @@ fn render_report(out: &mut dyn Write, r: &Report, evidence: Option<&str>, show: 
     }
     if c.not_targeted > 0 {
         writeln!(out, "Left out before collection: {} hosts (listed below).", c.not_targeted)?;
+    }
+    if let Some(why) = r.run.as_ref().and_then(|run| run.concurrency_capped.as_deref()) {
+        writeln!(out, "Concurrency: {}.", term(why, 300))?;
     }
     writeln!(out)?;
 

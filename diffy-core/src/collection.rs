@@ -121,8 +121,36 @@ pub trait Collection: Send + Sync + std::fmt::Debug {
         CollectOptions::default().concurrency
     }
 
+    /// What each host in flight holds on this machine; the engine fits its
+    /// concurrency to the process's limits with it. Default: nothing.
+    fn host_cost(&self) -> HostCost {
+        HostCost::NONE
+    }
+
     /// Starts the collection; results arrive on the stream as hosts finish.
     fn collect(&self, request: CollectRequest) -> BoxStream<'static, CollectEvent>;
+}
+
+/// What one host in flight holds on this machine while a transport works on
+/// it. The engine runs no more hosts at once than the process's limits on
+/// open files and processes can give this to (see [`crate::limits`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HostCost {
+    /// Descriptors (pipes, sockets) held here per host.
+    pub descriptors: u64,
+    /// Child processes started here per host.
+    pub processes: u64,
+}
+
+impl HostCost {
+    /// Nothing held here per host (a transport that talks to an API).
+    pub const NONE: HostCost = HostCost { descriptors: 0, processes: 0 };
+
+    /// A cost of `descriptors` and `processes` per host.
+    pub const fn new(descriptors: u64, processes: u64) -> Self {
+        Self { descriptors, processes }
+    }
 }
 
 /// Limits handed to [`HostExec::exec`].
@@ -145,6 +173,11 @@ pub trait HostExec: Send + Sync + std::fmt::Debug + 'static {
     /// See [`Collection::default_concurrency`].
     fn default_concurrency(&self) -> usize {
         CollectOptions::default().concurrency
+    }
+
+    /// See [`Collection::host_cost`].
+    fn host_cost(&self) -> HostCost {
+        HostCost::NONE
     }
 
     /// Runs `script` on `host` (as `sh -s` with the script on standard input,
@@ -178,6 +211,10 @@ impl<E: HostExec> Collection for PerHost<E> {
 
     fn default_concurrency(&self) -> usize {
         self.exec.default_concurrency()
+    }
+
+    fn host_cost(&self) -> HostCost {
+        self.exec.host_cost()
     }
 
     fn collect(&self, request: CollectRequest) -> BoxStream<'static, CollectEvent> {

@@ -66,6 +66,11 @@ pub struct RunStarted {
     pub payload: String,
     /// Payload hash.
     pub payload_hash: String,
+    /// Hosts worked on at once.
+    pub concurrency: usize,
+    /// Why that is fewer than asked (the limits on open files or processes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency_capped: Option<String>,
 }
 
 /// Data of [`Event::HostStarted`].
@@ -603,6 +608,13 @@ impl Engine {
         }
         let spec = payload.spec(&PayloadContext { target: key.clone() })?;
         let script = Script::render(&spec, self.options.host_deadline)?;
+        // Hosts past the limits on open files or processes would be lost:
+        // run fewer at once, and keep why.
+        let fitted = crate::limits::fit_concurrency(
+            self.options.concurrency,
+            collection.host_cost(),
+            crate::limits::ProcessLimits::current(),
+        );
         let started_at = Utc::now();
         let mut manifest = RunManifest {
             id: RunId::generate(started_at),
@@ -616,7 +628,9 @@ impl Engine {
             payload_hash: spec.hash(),
             payload: spec.clone(),
             limits: RunLimits {
-                concurrency: self.options.concurrency,
+                concurrency: fitted.concurrency,
+                requested_concurrency: fitted.capped.as_ref().map(|_| self.options.concurrency),
+                concurrency_capped: fitted.capped.clone(),
                 host_deadline_secs: self.options.host_deadline.as_secs(),
                 max_output_bytes: self.options.max_output_bytes,
             },
@@ -637,13 +651,15 @@ impl Engine {
             transport: manifest.transport.clone(),
             payload: spec.name.clone(),
             payload_hash: manifest.payload_hash.clone(),
+            concurrency: fitted.concurrency,
+            concurrency_capped: fitted.capped,
         }));
         let total = manifest.hosts.len();
         let request = CollectRequest {
             hosts: resolution.hosts,
             spec: Arc::new(spec),
             script: Arc::new(script),
-            options: self.options.clone(),
+            options: self.options.clone().concurrency(fitted.concurrency),
             cancel: cancel.clone(),
         };
         let mut stream = collection.collect(request);

@@ -45,6 +45,7 @@ pub mod analysis;
 pub mod collection;
 pub mod engine;
 mod error;
+pub mod limits;
 pub mod names;
 pub mod parse;
 pub mod payload;
@@ -60,7 +61,9 @@ pub mod transport;
 pub mod vantage;
 
 pub use analysis::{Analysis, AnalysisInput, BaselineInput, HistoryInput, Observations};
-pub use collection::{CollectEvent, CollectOptions, CollectRequest, Collection, ExecLimits, HostExec, PerHost};
+pub use collection::{
+    CollectEvent, CollectOptions, CollectRequest, Collection, ExecLimits, HostCost, HostExec, PerHost,
+};
 pub use engine::{
     AnalyzeOptions, BaselineOptions, Engine, EngineBuilder, Event, EventSink, NullSink, RunOptions, TOOL_VERSION,
 };

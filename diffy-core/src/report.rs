@@ -506,6 +506,12 @@ pub struct RunSummary {
     pub finished_at: Option<DateTime<Utc>>,
     /// Whether every host reported.
     pub state: RunState,
+    /// Hosts collected at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<usize>,
+    /// Why that was fewer than asked (the limits on open files or processes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency_capped: Option<String>,
 }
 
 impl From<&RunManifest> for RunSummary {
@@ -521,6 +527,8 @@ impl From<&RunManifest> for RunSummary {
             started_at: m.started_at,
             finished_at: m.finished_at,
             state: m.state,
+            concurrency: Some(m.limits.concurrency),
+            concurrency_capped: m.limits.concurrency_capped.clone(),
         }
     }
 }

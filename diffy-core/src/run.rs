@@ -92,8 +92,15 @@ impl RunCounts {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RunLimits {
-    /// Hosts queried at once.
+    /// Hosts queried at once: what ran, after fitting to the process's limits.
     pub concurrency: usize,
+    /// The concurrency asked for, when the limits on open files or processes
+    /// could not hold it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_concurrency: Option<usize>,
+    /// Why fewer hosts ran at once than asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency_capped: Option<String>,
     /// Per-host deadline, in seconds.
     pub host_deadline_secs: u64,
     /// Per-host output limit, in bytes.

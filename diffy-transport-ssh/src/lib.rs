@@ -601,6 +601,11 @@ impl HostExec for SshTransport {
         self.options.concurrency
     }
 
+    /// Three pipes and a spare; `ssh` and its `ProxyCommand`, if any.
+    fn host_cost(&self) -> diffy_core::collection::HostCost {
+        diffy_core::collection::HostCost::new(4, 2)
+    }
+
     async fn exec(&self, host: &Host, script: &Script, limits: ExecLimits, cancel: &CancellationToken) -> Execution {
         let started_at = Utc::now();
         let begun = Instant::now();

@@ -173,7 +173,11 @@ fn pssh(cfg: &Path, hosts_file: &Path, script: &Path, out_dir: &Path, concurrenc
     let text = String::from_utf8_lossy(&out.stdout);
     s.ok = text.lines().filter(|l| l.contains("[SUCCESS]")).count();
     let failures: Vec<&str> = text.lines().filter(|l| l.contains("[FAILURE]")).collect();
-    s.lost = failures.len();
+    // A host pssh never reached (it died first, or never started it) has no
+    // line at all: lost is every host without a [SUCCESS].
+    let hosts = std::fs::read_to_string(hosts_file).unwrap().lines().filter(|l| !l.trim().is_empty()).count();
+    s.lost = hosts - s.ok;
+    let unreported = hosts - s.ok - failures.len();
     let mut reasons: HashMap<String, usize> = HashMap::new();
     for f in &failures {
         // `[1] 12:00:00 [FAILURE] host Exited with error code 255`
@@ -184,7 +188,7 @@ fn pssh(cfg: &Path, hosts_file: &Path, script: &Path, out_dir: &Path, concurrenc
     let errs = String::from_utf8_lossy(&out.stderr);
     let emfile = errs.matches("Too many open files").count();
     s.why = format!(
-        "exit {:?}; failures {reasons:?}{}",
+        "exit {:?}; failures {reasons:?}; {unreported} hosts with no line at all{}",
         out.status.code(),
         if emfile > 0 { format!("; 'Too many open files' {emfile} times on its stderr") } else { String::new() }
     );

@@ -233,4 +233,15 @@ fn a_low_open_files_limit_costs_no_host() {
     );
     let m: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(m["counts"]["collected"], 60, "{m}");
+    // The run keeps what ran, what was asked and why; its report says so.
+    assert_eq!(m["limits"]["concurrency"], 14, "{m}");
+    assert_eq!(m["limits"]["requested_concurrency"], 500, "{m}");
+    let id = m["id"].as_str().unwrap();
+    let report = d.run(&["analyze", "--from", id, "--format", "json"]).report();
+    let run = report.run.expect("a stored run's report names it");
+    assert_eq!(run.concurrency, Some(14), "{run:?}");
+    assert!(run.concurrency_capped.as_deref().is_some_and(|w| w.contains("limit of 120")), "{run:?}");
+    let text = d.run(&["analyze", "--from", id]);
+    assert!(text.stdout.contains(", 14 HOSTS AT ONCE)"), "{}", text.stdout);
+    assert!(text.stdout.contains("Concurrency: 500 hosts at once need more open files"), "{}", text.stdout);
 }

@@ -109,6 +109,11 @@ impl HostExec for LocalTransport {
         8
     }
 
+    /// Three pipes and a spare; the script's shell and the command it runs.
+    fn host_cost(&self) -> crate::collection::HostCost {
+        crate::collection::HostCost::new(4, 2)
+    }
+
     async fn exec(&self, host: &Host, script: &Script, limits: ExecLimits, cancel: &CancellationToken) -> Execution {
         let started_at = Utc::now();
         let mut cmd = Command::new(&self.shell);
