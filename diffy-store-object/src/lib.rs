@@ -232,6 +232,7 @@ impl BlobStore {
         }
     }
 
+    #[cfg(feature = "s3")]
     /// A store at `s3://bucket[/prefix]`, with credentials from `aws`'s
     /// standard chain (profiles, SSO, roles; refreshed before they expire)
     /// and its region. `AWS_ENDPOINT_URL_S3`, or the context's endpoint
@@ -241,11 +242,13 @@ impl BlobStore {
         Self::s3_as(url, aws, true).await
     }
 
+    #[cfg(feature = "s3")]
     /// [`BlobStore::s3`], for commands that only read: the store must exist.
     pub async fn s3_existing(url: &str, aws: &diffy_aws::AwsContext) -> Result<Self> {
         Self::s3_as(url, aws, false).await
     }
 
+    #[cfg(feature = "s3")]
     async fn s3_as(url: &str, aws: &diffy_aws::AwsContext, create: bool) -> Result<Self> {
         if !url.starts_with("s3://") {
             return Err(Error::invalid(format!("{url:?} is not an s3:// location")));

@@ -6,5 +6,7 @@
 
 pub mod conformance;
 pub mod fleet;
+#[cfg(feature = "moto")]
 pub mod moto;
+#[cfg(feature = "ssm-endpoint")]
 pub mod ssm_endpoint;
