@@ -254,7 +254,9 @@ impl Analyzer {
             .filter(|m| match m {
                 Method::Cluster => true,
                 Method::Baseline => has_baseline,
-                Method::Novelty => false,
+                // Imported evidence has no history; a method added later
+                // is not applied to it until it says how.
+                _ => false,
             })
             .collect();
         let baseline = imported.baseline_source.map(|source| BaselineProvenance {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use diffy_core::engine::emit_report;
 use diffy_core::report::{Method, Report};
-use diffy_core::{AnalyzeOptions, CancellationToken, Engine, RunId, TargetKey};
+use diffy_core::{AnalyzeOptions, CancellationToken, Engine, QueryStatus, RunId, TargetKey};
 
 use crate::cli::{AnalyzeArgs, Format, MethodArgs};
 use crate::commands::{Common, collecting_engine, ctrl_c, evidence, key, print_json, run_options};
@@ -53,8 +53,10 @@ pub(crate) fn analyzer(c: &Common, m: &MethodArgs) -> CliResult<diffy_analysis::
 }
 
 fn no_host_collected(key: &TargetKey, r: &Report) -> CliError {
-    let texts = r.coverage.failed_hosts.iter().filter_map(|h| h.message.as_deref());
-    let osquery_missing = texts.clone().any(|m| m.contains("osqueryi") && m.contains("command not found"));
+    // An osquery payload whose queries' command was not found: no osqueryi.
+    let osquery = r.run.as_ref().and_then(|run| run.payload.as_deref()).is_some_and(|p| p.starts_with("osquery"));
+    let osquery_missing =
+        osquery && r.hosts.iter().flat_map(|h| &h.failed_queries).any(|f| f.status == QueryStatus::CommandNotFound);
     let help = if osquery_missing {
         "osqueryi is not installed on these hosts: use --payload shell, which needs only a POSIX shell".to_string()
     } else {

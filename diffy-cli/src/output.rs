@@ -542,6 +542,7 @@ pub fn runs(out: &mut dyn Write, runs: &[RunListing<'_>]) -> io::Result<()> {
             RunState::Running => "unfinished",
             RunState::Complete => "complete",
             RunState::Interrupted => "interrupted",
+            _ => "unknown",
         };
         let kind = if r.baseline {
             "baseline*"

@@ -71,6 +71,7 @@ impl CollectOptions {
 
 /// One collection to perform.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct CollectRequest {
     /// The hosts to query.
     pub hosts: Vec<Host>,
@@ -84,8 +85,23 @@ pub struct CollectRequest {
     pub cancel: CancellationToken,
 }
 
+impl CollectRequest {
+    /// A collection of `script` (rendered from `spec`) on `hosts`, within
+    /// `options`, stopped by `cancel`.
+    pub fn new(
+        hosts: Vec<Host>,
+        spec: Arc<PayloadSpec>,
+        script: Arc<Script>,
+        options: CollectOptions,
+        cancel: CancellationToken,
+    ) -> Self {
+        Self { hosts, spec, script, options, cancel }
+    }
+}
+
 /// Progress of a collection.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub enum CollectEvent {
     /// The transport began work on a host.
     Started(HostId),

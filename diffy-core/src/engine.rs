@@ -19,7 +19,7 @@ use crate::result::{HostObservation, HostStatus, QueryStatus};
 use crate::run::{BaselineRecord, RunCounts, RunKind, RunLimits, RunManifest, RunState};
 use crate::script::Script;
 use crate::target::{Resolution, Target};
-use crate::{Error, Result};
+use crate::{BaselineRefusal, Error, Result};
 
 /// The version of Diffy recorded in runs and reports.
 pub const TOOL_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -497,16 +497,20 @@ impl Engine {
         }
         let manifest = self.collect_kind(key, RunKind::Baseline, Some(resolution), run, sink, cancel).await?;
         if manifest.counts.collected == 0 {
-            return Err(Error::invalid_with_help(
-                format!("baseline run {} collected no host, so it was not made the baseline", manifest.id),
-                "check the hosts' statuses with `diffy runs` and the run's evidence, then try again",
-            ));
+            return Err(Error::BaselineRefused {
+                run: manifest.id.to_string(),
+                reason: BaselineRefusal::NothingCollected,
+                message: format!("baseline run {} collected no host, so it was not made the baseline", manifest.id),
+                help: "check the hosts' statuses with `diffy runs` and the run's evidence, then try again".into(),
+            });
         }
         if manifest.state != RunState::Complete {
-            return Err(Error::invalid_with_help(
-                format!("baseline run {} was interrupted, so it was not made the baseline", manifest.id),
-                "collect the baseline again and let it finish",
-            ));
+            return Err(Error::BaselineRefused {
+                run: manifest.id.to_string(),
+                reason: BaselineRefusal::Interrupted,
+                message: format!("baseline run {} was interrupted, so it was not made the baseline", manifest.id),
+                help: "collect the baseline again and let it finish".into(),
+            });
         }
         let record = BaselineRecord {
             target: key.clone(),
@@ -551,20 +555,22 @@ impl Engine {
         } else {
             format!("{}, … {} more", suspect[..10].join(", "), suspect.len() - 10)
         };
-        Err(Error::invalid_with_help(
-            format!(
+        Err(Error::BaselineRefused {
+            run: latest.id.to_string(),
+            reason: BaselineRefusal::Outliers,
+            message: format!(
                 "{} of the hosts to take the baseline from {} outliers of run {} (the latest run of {key}): {shown}; \
                  a baseline taken from them could hold the compromise it should reveal",
                 suspect.len(),
                 if suspect.len() == 1 { "was one of the" } else { "were" },
                 latest.id
             ),
-            format!(
+            help: format!(
                 "choose hosts you know are clean (see `diffy analyze --from {}`), or pass --force to take the \
                  baseline from these anyway",
                 latest.id
             ),
-        ))
+        })
     }
 
     /// Collects a run of `kind`, from `resolution` when the caller resolved
@@ -594,8 +600,10 @@ impl Engine {
             let left: Vec<String> =
                 resolution.not_targeted.iter().take(5).map(|n| format!("{}: {}", n.host.id, n.reason)).collect();
             let more = resolution.not_targeted.len().saturating_sub(left.len());
-            return Err(Error::invalid_with_help(
-                match resolution.not_targeted.len() {
+            return Err(Error::NoHosts {
+                target: key.to_string(),
+                left_out: resolution.not_targeted.len(),
+                message: match resolution.not_targeted.len() {
                     0 => format!("target {key} resolved to no host"),
                     n => format!(
                         "target {key} resolved to no host; {n} left out ({}{})",
@@ -603,8 +611,7 @@ impl Engine {
                         if more > 0 { format!("; {more} more") } else { String::new() }
                     ),
                 },
-                "name hosts with --host or --hosts FILE, or check the target's name",
-            ));
+            });
         }
         let spec = payload.spec(&PayloadContext { target: key.clone() })?;
         let script = Script::render(&spec, self.options.host_deadline)?;

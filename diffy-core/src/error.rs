@@ -109,9 +109,47 @@ pub enum Error {
         source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
     },
 
+    /// The target resolved to no host: there is nothing to collect.
+    #[error("{message}")]
+    NoHosts {
+        /// The target key.
+        target: String,
+        /// Hosts of the target that were left out before collection.
+        left_out: usize,
+        /// What happened, with the first hosts left out and why.
+        message: String,
+    },
+
+    /// A baseline run was collected but not made the target's baseline.
+    #[error("{message}")]
+    BaselineRefused {
+        /// The run concerned: the baseline run collected (kept in the store
+        /// as evidence), or for [`BaselineRefusal::Outliers`] the survey run
+        /// whose outliers the hosts were (nothing was collected).
+        run: String,
+        /// Why it was refused.
+        reason: BaselineRefusal,
+        /// What happened.
+        message: String,
+        /// What to do about it.
+        help: String,
+    },
+
     /// The operation was cancelled (Ctrl-C) before it could finish.
     #[error("cancelled")]
     Cancelled,
+}
+
+/// Why a baseline run was not made the baseline ([`Error::BaselineRefused`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BaselineRefusal {
+    /// No host of it could be collected.
+    NothingCollected,
+    /// It was interrupted before every host reported.
+    Interrupted,
+    /// Hosts it would be taken from were outliers of the target's latest run.
+    Outliers,
 }
 
 impl Error {
@@ -125,6 +163,8 @@ impl Error {
             | Error::NotFound { help, .. }
             | Error::AlreadyExists { help, .. }
             | Error::Plugin { help, .. } => help.clone(),
+            Error::NoHosts { .. } => Some("name hosts with --host or --hosts FILE, or check the target's name".into()),
+            Error::BaselineRefused { help, .. } => Some(help.clone()),
             Error::NotConfigured { help, .. } => Some((*help).to_string()),
             Error::Io { source, .. } => match source.kind() {
                 std::io::ErrorKind::PermissionDenied => {

@@ -67,7 +67,7 @@ pub use collection::{
 pub use engine::{
     AnalyzeOptions, BaselineOptions, Engine, EngineBuilder, Event, EventSink, NullSink, RunOptions, TOOL_VERSION,
 };
-pub use error::{Error, Result};
+pub use error::{BaselineRefusal, Error, Result};
 pub use names::{Host, HostId, RunId, TargetKey};
 pub use payload::{DeepPayload, FilePayload, OsqueryPayload, Payload, PayloadContext, ShellPayload};
 pub use persistence::{BaselineWrite, Persistence, PersistenceExt};

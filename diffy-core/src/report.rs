@@ -22,6 +22,7 @@ pub const REPORT_SCHEMA: &str = "diffy.report/v1";
 /// An analysis method.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Method {
     /// Each host against the herd: rare rows, cohorts.
     Cluster,
@@ -82,6 +83,7 @@ impl fmt::Display for Prevalence {
 /// How a finding's row relates to what is expected.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum FindingKind {
     /// Present here, on few other hosts (cluster).
     Rare,
@@ -288,6 +290,7 @@ pub struct CohortRow {
 /// What explains a cohort.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum CohortKind {
     /// A label (a launch template version, an image, an instance type, a
     /// launch window, a label of the host list) sets these hosts apart: a

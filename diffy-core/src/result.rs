@@ -26,8 +26,11 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 pub enum QueryStatus {
     /// Exited 0; its output is complete.
     Ok,
-    /// Exited with a code other than 0 (127: the command was not found).
+    /// Exited with a code other than 0 (and other than 127).
     NonZeroExit,
+    /// Exited 127: the shell could not find the command it runs (`osqueryi`
+    /// on a host without osquery, say).
+    CommandNotFound,
     /// Stopped at its deadline or the host's; the output is what it printed until then.
     TimedOut,
     /// Its output was cut (output limit, a dropped connection, an inline limit).
@@ -45,6 +48,7 @@ impl QueryStatus {
         match self {
             QueryStatus::Ok => "ok",
             QueryStatus::NonZeroExit => "non_zero_exit",
+            QueryStatus::CommandNotFound => "command_not_found",
             QueryStatus::TimedOut => "timed_out",
             QueryStatus::Truncated => "truncated",
             QueryStatus::NotRun => "not_run",

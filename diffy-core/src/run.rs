@@ -33,6 +33,7 @@ impl fmt::Display for RunKind {
 /// Where a run stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum RunState {
     /// Collection is under way, or the collecting process died (a run that
     /// stays `running` was never finished: treat it as incomplete).

@@ -485,6 +485,8 @@ pub fn assemble(host: Host, spec: &PayloadSpec, script: &Script, exec: Execution
                     (QueryStatus::Ok, None)
                 } else if r.code == 124 {
                     (QueryStatus::TimedOut, Some("stopped on the host at its deadline".to_string()))
+                } else if r.code == 127 {
+                    (QueryStatus::CommandNotFound, Some(exit_message(r.code, &r.stderr)))
                 } else {
                     (QueryStatus::NonZeroExit, Some(exit_message(r.code, &r.stderr)))
                 };
@@ -653,7 +655,7 @@ mod tests {
         assert_eq!(&r.queries[0].stdout[..], body);
         assert_eq!(&r.queries[0].stderr[..], b"err");
         assert_eq!(r.queries[0].status, QueryStatus::Ok);
-        assert_eq!(r.queries[1].status, QueryStatus::NonZeroExit);
+        assert_eq!(r.queries[1].status, QueryStatus::CommandNotFound);
         assert_eq!(r.queries[1].message.as_deref(), Some("exit 127 (command not found): not found"));
         assert_eq!(&r.unframed_stdout[..], b"motd banner\n");
     }

@@ -238,7 +238,7 @@ async fn run_all(
     cancel: CancellationToken,
 ) -> (Vec<CollectEvent>, BTreeMap<String, HostResult>) {
     let script = Arc::new(Script::render(&spec, options.host_deadline).unwrap());
-    let req = CollectRequest { hosts: hosts.to_vec(), spec, script, options, cancel };
+    let req = CollectRequest::new(hosts.to_vec(), spec, script, options, cancel);
     let events: Vec<CollectEvent> = c.collect(req).collect().await;
     let mut results = BTreeMap::new();
     for e in &events {
@@ -291,6 +291,7 @@ pub async fn collection(c: &dyn Collection, hosts: &[Host], caps: CollectionCaps
         assert_eq!(q("stderr_and_code").exit_code, Some(3), "{name}: {h}");
         assert_eq!(&q("stderr_and_code").stderr[..], b"err\n", "{name}: {h}: stderr kept per query");
         assert_eq!(q("missing").exit_code, Some(127), "{name}: {h}: a missing command exits 127");
+        assert_eq!(q("missing").status, QueryStatus::CommandNotFound, "{name}: {h}");
         assert_eq!(q("large").stdout.len(), 3_000_000, "{name}: {h}: 3 MB kept whole");
         assert_eq!(
             &q("stdin_closed").stdout[..],
@@ -309,6 +310,7 @@ pub async fn collection(c: &dyn Collection, hosts: &[Host], caps: CollectionCaps
             CollectEvent::Finished(r) => {
                 running.remove(r.host.id.as_str());
             }
+            _ => {}
         }
     }
     assert!(most <= 2, "{name}: at most `concurrency` (2) hosts at once, saw {most}");

@@ -445,7 +445,7 @@ impl Run {
     }
 
     async fn go(self, request: CollectRequest) {
-        let CollectRequest { hosts, spec, script, options, cancel } = request;
+        let CollectRequest { hosts, spec, script, options, cancel, .. } = request;
         let o = self.options.clone();
         let commands_text = envelope::wrap(script.text(), script.nonce(), &spec.name);
         let commands_sha256 = diffy_core::result::sha256_hex(commands_text.join("\n").as_bytes());

@@ -63,20 +63,20 @@ async fn one(n: usize, rps: Option<f64>) -> Row {
     .expect("payload");
     let script = Script::render(&spec, Duration::from_secs(300)).expect("script");
     let hosts: Vec<Host> = (1..=n).map(|i| Host::named(&format!("i-{i:017x}")).expect("id")).collect();
-    let request = CollectRequest {
+    let request = CollectRequest::new(
         hosts,
-        spec: Arc::new(spec),
-        script: Arc::new(script),
-        options: CollectOptions::default().host_deadline(Duration::from_secs(300)),
-        cancel: CancellationToken::new(),
-    };
+        Arc::new(spec),
+        Arc::new(script),
+        CollectOptions::default().host_deadline(Duration::from_secs(300)),
+        CancellationToken::new(),
+    );
     let start = Instant::now();
     let results: Vec<_> = t
         .collect(request)
         .filter_map(|e| async move {
             match e {
                 CollectEvent::Finished(r) => Some(r.status),
-                CollectEvent::Started(_) => None,
+                _ => None,
             }
         })
         .collect()

@@ -253,7 +253,7 @@ async fn send_command_chunks_120_instances_into_three_calls() {
     let hosts: Vec<Host> = ids.iter().map(|i| Host::named(i).unwrap()).collect();
     let cancel = CancellationToken::new();
     let options = CollectOptions::default().concurrency(t.default_concurrency()).host_deadline(Duration::from_secs(60));
-    let mut events = t.collect(CollectRequest { hosts, spec, script, options, cancel: cancel.clone() });
+    let mut events = t.collect(CollectRequest::new(hosts, spec, script, options, cancel.clone()));
     // moto has no ListCommandInvocations: once the three sends are in, stop.
     let stopper = {
         let ssm = ssm.clone();

@@ -25,7 +25,7 @@ fn osqueryi_missing_is_a_status_with_advice_and_kept_stderr() {
             h.host
         );
         assert!(
-            h.failed_queries.iter().all(|f| f.status == QueryStatus::NonZeroExit && f.message.contains("exit 127")),
+            h.failed_queries.iter().all(|f| f.status == QueryStatus::CommandNotFound && f.message.contains("exit 127")),
             "{h:?}"
         );
     }

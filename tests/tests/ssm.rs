@@ -163,13 +163,13 @@ async fn cancelling_stops_the_commands_on_the_instances() {
     let spec = PayloadSpec::from_toml("[[query]]\nname = \"slow\"\nshell = 'sleep 60'\n", "slow").unwrap();
     let script = Script::render(&spec, Duration::from_secs(120)).unwrap();
     let cancel = CancellationToken::new();
-    let request = CollectRequest {
-        hosts: (1..=3).map(|i| Host::named(&instance(i)).unwrap()).collect(),
-        spec: Arc::new(spec),
-        script: Arc::new(script),
-        options: CollectOptions::default(),
-        cancel: cancel.clone(),
-    };
+    let request = CollectRequest::new(
+        (1..=3).map(|i| Host::named(&instance(i)).unwrap()).collect(),
+        Arc::new(spec),
+        Arc::new(script),
+        CollectOptions::default(),
+        cancel.clone(),
+    );
     let c2 = cancel.clone();
     tokio::spawn(async move {
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -180,7 +180,7 @@ async fn cancelling_stops_the_commands_on_the_instances() {
         .filter_map(|e| async move {
             match e {
                 CollectEvent::Finished(r) => Some(*r),
-                CollectEvent::Started(_) => None,
+                _ => None,
             }
         })
         .collect()

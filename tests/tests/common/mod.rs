@@ -159,21 +159,21 @@ pub async fn collect_results(
 ) -> Vec<diffy_core::HostResult> {
     use futures::StreamExt;
     let script = diffy_core::script::Script::render(&spec, deadline).unwrap();
-    let request = diffy_core::CollectRequest {
+    let request = diffy_core::CollectRequest::new(
         hosts,
-        spec: std::sync::Arc::new(spec),
-        script: std::sync::Arc::new(script),
-        options: diffy_core::CollectOptions::default()
+        std::sync::Arc::new(spec),
+        std::sync::Arc::new(script),
+        diffy_core::CollectOptions::default()
             .concurrency(t.default_concurrency())
             .host_deadline(deadline)
             .grace(std::time::Duration::from_secs(1)),
-        cancel: tokio_util::sync::CancellationToken::new(),
-    };
+        tokio_util::sync::CancellationToken::new(),
+    );
     t.collect(request)
         .filter_map(|e| async move {
             match e {
                 diffy_core::CollectEvent::Finished(r) => Some(*r),
-                diffy_core::CollectEvent::Started(_) => None,
+                _ => None,
             }
         })
         .collect()
