@@ -2,17 +2,7 @@
 
 use std::fmt;
 
-/// Exit code: nothing found.
-pub const EXIT_CLEAN: u8 = 0;
-/// Exit code: outliers found.
-pub const EXIT_OUTLIERS: u8 = 1;
-/// Exit code: trouble (an unusable argument, no host collected, an error).
-pub const EXIT_TROUBLE: u8 = 2;
-/// Exit code: nothing found, but no analysed host's evidence could see
-/// everything the payload asks (collected without root, say).
-pub const EXIT_PARTIAL_VIEW: u8 = 3;
-/// Exit code: interrupted by Ctrl-C (what arrived was kept).
-pub const EXIT_INTERRUPTED: u8 = 130;
+pub use crate::exit::{EXIT_CLEAN, EXIT_INTERRUPTED, EXIT_OUTLIERS, EXIT_PARTIAL_VIEW, EXIT_TROUBLE};
 
 /// An error that ends the command.
 #[derive(Debug)]

@@ -4,12 +4,12 @@
 //! and printers around the `diffy-core` engine. The library crates hold the
 //! logic; this crate only wires them, so `main` is a single call.
 
-#[cfg(feature = "analysis")]
-mod analyze;
 pub mod cli;
 pub mod commands;
 pub mod config;
+mod context;
 pub mod error;
+pub mod exit;
 pub mod output;
 pub mod registry;
 mod unused;
@@ -81,14 +81,14 @@ pub fn main() -> ExitCode {
         Ok(r) => r,
         Err(e) => {
             let _ = writeln!(std::io::stderr(), "error: cannot start the async runtime: {e}");
-            return ExitCode::from(error::EXIT_TROUBLE);
+            return ExitCode::from(exit::EXIT_TROUBLE);
         }
     };
     match runtime.block_on(commands::run(cli)) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             let _ = writeln!(std::io::stderr(), "{e}");
-            ExitCode::from(error::EXIT_TROUBLE)
+            ExitCode::from(exit::EXIT_TROUBLE)
         }
     }
 }

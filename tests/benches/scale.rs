@@ -147,11 +147,23 @@ fn diffy(cfg: &Path, store: &Path, payload: &Path, concurrency: usize, n: usize)
     s.lost = n - s.ok;
     let stderr = String::from_utf8_lossy(&out.stderr);
     let warned: Vec<&str> = stderr.lines().filter(|l| l.starts_with("warning:")).collect();
+    // What the hosts that were not ok said (the first three).
+    let mut said = Vec::new();
+    if let Some(id) = m["id"].as_str() {
+        for e in std::fs::read_dir(store.join("runs").join(id).join("hosts")).into_iter().flatten().flatten() {
+            let Ok(text) = std::fs::read_to_string(e.path().join("result.json")) else { continue };
+            let r: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+            if r["status"] != "ok" && said.len() < 3 {
+                said.push(format!("{}: {} {}", e.file_name().to_string_lossy(), r["status"], r["message"]));
+            }
+        }
+    }
     s.why = format!(
-        "effective concurrency {}; statuses {}{}",
+        "effective concurrency {}; statuses {}{}{}",
         m["limits"]["concurrency"],
         serde_json::Value::Object(by),
-        if warned.is_empty() { String::new() } else { format!("; {}", warned.join(" / ")) }
+        if warned.is_empty() { String::new() } else { format!("; {}", warned.join(" / ")) },
+        if said.is_empty() { String::new() } else { format!("; {}", said.join(" / ")) }
     );
     s
 }

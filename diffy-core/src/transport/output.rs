@@ -99,11 +99,83 @@ where
                     exited = Some(status);
                     drain.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(2));
                 }
-                () = &mut drain, if exited.is_some() => break Driven::Exited(exited.take().expect("set with the drain")),
+                () = &mut drain, if exited.is_some() => {
+                    // What the pipes already hold is kept: on a busy runtime
+                    // this branch can be chosen at the same poll as the read
+                    // of a child's last output, and a host whose output was
+                    // dropped would look as if its payload never started.
+                    // Unconstrained: a spent cooperative budget must not make
+                    // ready data look pending.
+                    use futures::FutureExt;
+                    if !out_done {
+                        let _ = tokio::task::unconstrained(&mut out_fut).now_or_never();
+                    }
+                    if !err_done {
+                        let _ = tokio::task::unconstrained(&mut err_fut).now_or_never();
+                    }
+                    break Driven::Exited(exited.take().expect("set with the drain"));
+                }
                 () = &mut deadline => break Driven::TimedOut,
                 () = cancel.cancelled() => break Driven::Cancelled,
             }
         }
     };
     (out, err, end)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use tokio::time::Instant;
+
+    use super::*;
+
+    /// A pipe whose last bytes reach the reader at `ready_at`, without a
+    /// wake-up of their own (the reactor is behind on a busy runtime); then
+    /// it ends.
+    struct Late {
+        ready_at: Instant,
+        data: Option<&'static [u8]>,
+    }
+
+    impl AsyncRead for Late {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            if Instant::now() < self.ready_at {
+                return Poll::Pending;
+            }
+            if let Some(d) = self.data.take() {
+                buf.put_slice(d);
+            }
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn output_already_there_when_the_drain_ends_is_kept() {
+        // The child has exited; its output is there at 1 s, but the runtime
+        // only comes back at 3 s, past the two-second drain: the drain and
+        // the ready read meet at one poll, and either may be chosen. Before,
+        // the drain could win and the output was dropped: the host looked as
+        // if its payload never started (2 of 2,000 fleet hosts under full
+        // load: "the payload script did not start (exit 0)").
+        for _ in 0..64 {
+            let start = Instant::now();
+            let mut out = Late { ready_at: start + Duration::from_secs(1), data: Some(b"==DIFFY:n:BEGIN 1 h==\n") };
+            let mut err = Late { ready_at: start + Duration::from_secs(1), data: None };
+            let cancel = CancellationToken::new();
+            // Another task holds the runtime while the clock passes 3 s; the
+            // timers (the drain's) fire before this task runs again.
+            let busy = tokio::spawn(tokio::time::advance(Duration::from_secs(3)));
+            let (o, _, end) = drive(&mut out, &mut err, async { 0 }, Duration::from_secs(60), 1 << 20, &cancel).await;
+            busy.await.unwrap();
+            assert!(matches!(end, Driven::Exited(0)), "{end:?}");
+            assert_eq!(o.bytes, b"==DIFFY:n:BEGIN 1 h==\n", "the child's output is kept");
+        }
+    }
 }

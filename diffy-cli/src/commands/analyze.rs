@@ -6,11 +6,12 @@ use std::sync::Arc;
 
 use diffy_core::engine::emit_report;
 use diffy_core::report::{Method, Report};
-use diffy_core::{AnalyzeOptions, CancellationToken, Engine, QueryStatus, RunId, TargetKey};
+use diffy_core::{AnalyzeOptions, CancellationToken, Engine, RunId};
 
-use crate::cli::{AnalyzeArgs, Format, MethodArgs};
-use crate::commands::{Common, collecting_engine, ctrl_c, evidence, key, print_json, run_options};
-use crate::error::{CliError, CliResult, EXIT_CLEAN, EXIT_INTERRUPTED, EXIT_OUTLIERS, EXIT_PARTIAL_VIEW, EXIT_TROUBLE};
+use crate::cli::{AnalyzeArgs, Format};
+use crate::context::{Common, analyzer, collecting_engine, ctrl_c, evidence, key, print_json, run_options};
+use crate::error::{CliError, CliResult};
+use crate::exit::{self, Analysed};
 use crate::output::{self, CliSink};
 use crate::registry;
 
@@ -34,49 +35,6 @@ fn parse_methods(s: &str) -> CliResult<Vec<Method>> {
     Ok(v)
 }
 
-pub(crate) fn analyzer(c: &Common, m: &MethodArgs) -> CliResult<diffy_analysis::Analyzer> {
-    let d = &c.config.defaults;
-    let mut a = diffy_analysis::Analyzer::new();
-    if let Some(t) = m.threshold.or(d.threshold) {
-        a = a.threshold(t)?;
-    }
-    if let Some(s) = m.suppressions.clone().or_else(|| d.suppressions.as_ref().map(|p| c.config.path(p))) {
-        a = a.suppressions(diffy_analysis::Suppressions::from_file(&s)?);
-    }
-    for (name, r) in &c.config.queries {
-        a = a.query_rules(
-            name.clone(),
-            diffy_analysis::QueryRules { identity: r.identity.clone(), volatile: r.volatile.clone(), weight: r.weight },
-        );
-    }
-    Ok(a)
-}
-
-fn no_host_collected(key: &TargetKey, r: &Report) -> CliError {
-    // An osquery payload whose queries' command was not found: no osqueryi.
-    let osquery = r.run.as_ref().and_then(|run| run.payload.as_deref()).is_some_and(|p| p.starts_with("osquery"));
-    let osquery_missing =
-        osquery && r.hosts.iter().flat_map(|h| &h.failed_queries).any(|f| f.status == QueryStatus::CommandNotFound);
-    let help = if osquery_missing {
-        "osqueryi is not installed on these hosts: use --payload shell, which needs only a POSIX shell".to_string()
-    } else {
-        "see the hosts' statuses above; check connectivity, credentials and the deadline".to_string()
-    };
-    CliError::new(format!("no host of {key} could be collected"), help)
-}
-
-fn report_code(r: &Report) -> u8 {
-    if r.outliers().next().is_some() {
-        EXIT_OUTLIERS
-    } else if r.coverage.collected == 0 {
-        EXIT_TROUBLE
-    } else if r.partial_view() {
-        EXIT_PARTIAL_VIEW
-    } else {
-        EXIT_CLEAN
-    }
-}
-
 fn print_report(c: &Common, sink: &CliSink, r: &Report, evidence: Option<&str>, show: usize) -> CliResult<()> {
     match c.format {
         Format::Human => output::report(&mut std::io::stdout().lock(), r, evidence, show)?,
@@ -89,12 +47,12 @@ fn print_report(c: &Common, sink: &CliSink, r: &Report, evidence: Option<&str>, 
     Ok(())
 }
 
-pub(crate) async fn analyze(c: &Common, a: &AnalyzeArgs) -> CliResult<u8> {
+pub(super) async fn run(c: &Common, a: &AnalyzeArgs) -> CliResult<u8> {
     let d = &c.config.defaults;
     let analysis = analyzer(c, &a.method)?;
     let methods = a.method.method.as_deref().or(d.method.as_deref()).map(parse_methods).transpose()?;
     let show = a.show.unwrap_or(5);
-    crate::commands::max_failed(&a.coverage, 0)?;
+    exit::max_failed(&a.coverage, 0)?;
     let sink = c.sink();
     let source = match (&a.from, &a.import) {
         (Some(_), _) => Some("--from"),
@@ -120,7 +78,7 @@ pub(crate) async fn analyze(c: &Common, a: &AnalyzeArgs) -> CliResult<u8> {
             .map_err(|e| CliError::plain(format!("the analysis failed: {e}")))??;
         emit_report(&report, &sink);
         print_report(c, &sink, &report, None, show)?;
-        return coverage_code(a, &report);
+        return exit::for_report(&report, &a.coverage, Analysed::Stored);
     }
     let mut options = AnalyzeOptions::default();
     if let Some(m) = methods {
@@ -148,7 +106,7 @@ pub(crate) async fn analyze(c: &Common, a: &AnalyzeArgs) -> CliResult<u8> {
         let engine = Engine::builder().store_arc(store).analysis_arc(analysis).build()?;
         let report = engine.analyze_run(&run, &options, &sink).await?;
         print_report(c, &sink, &report, Some(&evidence(c, &run)), show)?;
-        return coverage_code(a, &report);
+        return exit::for_report(&report, &a.coverage, Analysed::Stored);
     }
     let key = key(a.key.as_deref().expect("clap requires a key without --from or --import"))?;
     let engine =
@@ -161,25 +119,7 @@ pub(crate) async fn analyze(c: &Common, a: &AnalyzeArgs) -> CliResult<u8> {
     let report = report?;
     let id = report.run.as_ref().map(|r| r.id.clone());
     print_report(c, &sink, &report, id.as_ref().map(|id| evidence(c, id)).as_deref(), show)?;
-    if cancel.is_cancelled() && report.outliers().next().is_none() {
-        return Ok(EXIT_INTERRUPTED);
-    }
-    if report.coverage.collected == 0 {
-        return Err(no_host_collected(&key, &report));
-    }
-    coverage_code(a, &report)
-}
-
-/// The report's exit code; when more hosts were not covered than
-/// `--max-failed` allows, 2 instead of "nothing found" (outliers found stay 1:
-/// they need acting on whatever else failed).
-fn coverage_code(a: &AnalyzeArgs, r: &Report) -> CliResult<u8> {
-    let c = &r.coverage;
-    let code = report_code(r);
-    match crate::commands::over_budget(&a.coverage, c.targeted, c.failed + c.missing)? {
-        Some(trouble) if code != EXIT_OUTLIERS => Ok(trouble),
-        _ => Ok(code),
-    }
+    exit::for_report(&report, &a.coverage, Analysed::Collected { interrupted: cancel.is_cancelled() })
 }
 
 #[cfg(test)]
