@@ -222,6 +222,7 @@ fn main() {
     let nofile = var("DIFFY_BENCH_SCALE_NOFILE", 1024) as u64;
     let runs = std::env::var("DIFFY_BENCH_RUNS").ok().and_then(|s| s.parse().ok()).unwrap_or(2usize);
     let payload_kind = std::env::var("DIFFY_BENCH_SCALE_PAYLOAD").unwrap_or_else(|_| "small".into());
+    let only = std::env::var("DIFFY_BENCH_SCALE_TOOLS").ok();
     let work = tempfile::tempdir_in(shared::store_base()).unwrap();
     let spec =
         if payload_kind == "shell" { ShellPayload::pack() } else { PayloadSpec::from_toml(SMALL, "small").unwrap() };
@@ -247,8 +248,12 @@ fn main() {
     let cfg = dir.join("ssh_config");
     let mut rows: Vec<(&str, Vec<Sample>)> = vec![("diffy", vec![]), ("parallel-ssh", vec![])];
     for i in 0..runs {
-        // Which tool goes first alternates.
+        // Which tool goes first alternates; DIFFY_BENCH_SCALE_TOOLS=diffy
+        // (or parallel-ssh) runs one only.
         for k in if i % 2 == 0 { [0, 1] } else { [1, 0] } {
+            if only.as_deref().is_some_and(|t| t != rows[k].0) {
+                continue;
+            }
             let s = if k == 0 {
                 diffy(&cfg, &work.path().join(format!("store-{i}")), &payload, concurrency, n)
             } else {
@@ -269,7 +274,7 @@ fn main() {
             rows[k].1.push(s);
         }
     }
-    assert!(fleet(&["down"], &dir, &prefix), "the fleet goes down");
+    // The table first: taking 2,000 hosts down takes minutes.
     println!(
         "\n{n} SSH hosts (fleet up in {:.0} s), --concurrency {concurrency} / -p {concurrency}, soft ulimit -n {nofile} (hard {hard}), payload {payload_kind}, {runs} runs each\n",
         up.as_secs_f64()
@@ -278,7 +283,7 @@ fn main() {
         "| tool | hosts ok (each run) | hosts lost | wall s median (min–max) | client CPU s median | client peak RSS MB median | what happened (last run) |"
     );
     println!("|---|---|---|---|---|---|---|");
-    for (tool, v) in &rows {
+    for (tool, v) in rows.iter().filter(|(_, v)| !v.is_empty()) {
         let (w, wmin, wmax) = shared::spread(&v.iter().map(|s| s.wall).collect::<Vec<_>>());
         let (cpu, _, _) = shared::spread(&v.iter().map(|s| s.cpu).collect::<Vec<_>>());
         let (rss, _, _) = shared::spread(&v.iter().map(|s| s.peak_rss as f64 / 1e6).collect::<Vec<_>>());
@@ -289,4 +294,7 @@ fn main() {
             v.last().map_or("", |s| s.why.as_str())
         );
     }
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
+    assert!(fleet(&["down"], &dir, &prefix), "the fleet goes down");
 }
