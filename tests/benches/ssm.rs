@@ -4,7 +4,8 @@
 //! polling round, wall time and failed hosts.
 //!
 //! `cargo bench -p diffy-tests --bench ssm`. Instances:
-//! DIFFY_BENCH_SSM_INSTANCES=1000; throttled rate: DIFFY_BENCH_SSM_RPS=20.
+//! DIFFY_BENCH_SSM_INSTANCES=1000; throttled rate: DIFFY_BENCH_SSM_RPS=20
+//! (`none`: the unthrottled run only).
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
@@ -110,9 +111,14 @@ async fn one(n: usize, rps: Option<f64>) -> Row {
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
     let n: usize = std::env::var("DIFFY_BENCH_SSM_INSTANCES").ok().and_then(|s| s.parse().ok()).unwrap_or(1000);
-    let rps: f64 = std::env::var("DIFFY_BENCH_SSM_RPS").ok().and_then(|s| s.parse().ok()).unwrap_or(20.0);
+    // DIFFY_BENCH_SSM_RPS=none: the unthrottled run only.
+    let rps = std::env::var("DIFFY_BENCH_SSM_RPS").ok();
+    let throttled = match rps.as_deref() {
+        Some("none") => None,
+        other => Some(other.and_then(|s| s.parse().ok()).unwrap_or(20.0)),
+    };
     let mut rows = Vec::new();
-    for r in [None, Some(rps)] {
+    for r in std::iter::once(None).chain(throttled.map(Some)) {
         let row = one(n, r).await;
         eprintln!("{}: {:.1}s", row.label, row.wall);
         rows.push(row);
