@@ -84,7 +84,7 @@ pub struct SsmOptions {
     /// Default 60 s.
     pub visibility_grace: Duration,
     /// Time an instance's agent has to pick the command up (`TimeoutSeconds`
-    /// of `SendCommand`, at least 30 s); also added to the run's deadline.
+    /// of `SendCommand`, at least 30 s); also added to each host's deadline.
     /// Default 60 s.
     pub delivery_timeout: Duration,
     /// Output fetches (`GetCommandInvocation`) in flight at once. Default 16.
@@ -452,7 +452,10 @@ impl Run {
         // The instance's own limit: the script stops itself at the deadline;
         // SSM's executionTimeout backs it up.
         let exec_timeout = (options.host_deadline + options.grace).as_secs().max(30);
-        let deadline = Instant::now() + options.host_deadline + options.grace + o.delivery_timeout;
+        // Each host's deadline runs from when its command was sent: hosts
+        // waiting for room (more hosts than `concurrency`) have not started,
+        // and are never given up for the time the others took.
+        let per_host = options.host_deadline + options.grace + o.delivery_timeout;
         let concurrency = options.concurrency.max(1);
 
         let mut queue = VecDeque::new();
@@ -520,9 +523,22 @@ impl Run {
                 self.give_up(&commands, flights, queue, HostStatus::Cancelled, "the run was interrupted").await;
                 break;
             }
-            if Instant::now() >= deadline {
-                self.give_up(&commands, flights, queue, HostStatus::TimedOut, "no result by the run's deadline").await;
-                break;
+            let late: Vec<String> =
+                flights.iter().filter(|(_, f)| f.sent.elapsed() >= per_host).map(|(k, _)| k.clone()).collect();
+            if !late.is_empty() {
+                let late: HashMap<String, Flight> = late
+                    .into_iter()
+                    .map(|k| {
+                        let f = flights.remove(&k).expect("present");
+                        (k, f)
+                    })
+                    .collect();
+                for f in late.values() {
+                    commands[f.command].waiting -= 1;
+                }
+                let why = format!("no result within the host's deadline ({}s after it was sent)", per_host.as_secs());
+                self.give_up(&commands, late, VecDeque::new(), HostStatus::TimedOut, &why).await;
+                continue;
             }
             tokio::select! {
                 () = tokio::time::sleep(o.poll_interval) => {}

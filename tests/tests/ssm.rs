@@ -296,3 +296,39 @@ async fn thirty_instances_over_ssm_find_the_planted_hosts_and_every_fault() {
     assert!(rec.contains(&format!("\"ssm.document_sha256\": \"{hash}\"")), "the document's hash: {rec}");
     assert!(rec.contains("ssm.commands_sha256"), "{rec}");
 }
+
+/// More instances than `concurrency`: a host waiting for room has not
+/// started, and its deadline runs from when its command is sent. Before, one
+/// deadline ran from the start of the run, so at 10,000 instances 5,750
+/// were given up "before this host was sent".
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hosts_waiting_for_room_are_not_timed_out_by_the_others() {
+    let endpoint = SsmEndpoint::start(EndpointOptions {
+        visible_after: Duration::from_millis(200),
+        pending_for: Duration::from_millis(2500),
+        ..EndpointOptions::default()
+    })
+    .await
+    .unwrap();
+    // One at a time, about 3 s each: 14 take longer than one host's deadline
+    // (2 s + 1 s grace + the 30 s delivery timeout).
+    let t = SsmTransport::new(
+        client(&endpoint.url()),
+        SsmOptions::default()
+            .poll_interval(Duration::from_millis(300))
+            .delivery_timeout(Duration::from_secs(30))
+            .concurrency(1),
+    );
+    let hosts: Vec<Host> = (1..=14).map(|i| Host::named(&instance(i)).unwrap()).collect();
+    let started = std::time::Instant::now();
+    let results = collect(&t, hosts, payload(), Duration::from_secs(2)).await;
+    let took = started.elapsed();
+    let not_ok: Vec<String> = results
+        .iter()
+        .filter(|r| r.status != HostStatus::Ok)
+        .map(|r| format!("{}: {} {:?}", r.host.id, r.status, r.message))
+        .collect();
+    assert!(not_ok.is_empty(), "every host is collected, after {took:?}: {not_ok:#?}");
+    assert_eq!(results.len(), 14);
+    assert!(took > Duration::from_secs(33), "the run outlasted one host's deadline ({took:?}), or this proves nothing");
+}
