@@ -66,30 +66,31 @@ pub struct Fitted {
 /// `cost` within `limits`; at least 1.
 pub fn fit_concurrency(requested: usize, cost: HostCost, limits: ProcessLimits) -> Fitted {
     let requested = requested.max(1);
-    let mut fitted = Fitted { concurrency: requested, capped: None };
-    let mut cap = |fits: u64, why: String| {
-        let fits = usize::try_from(fits).unwrap_or(usize::MAX).max(1);
-        if fits < fitted.concurrency {
-            fitted = Fitted { concurrency: fits, capped: Some(why.replace("{fits}", &fits.to_string())) };
-        }
-    };
-    if let (Some(files), true) = (limits.open_files, cost.descriptors > 0) {
-        cap(
-            files.saturating_sub(SPARE_DESCRIPTORS) / cost.descriptors,
-            format!(
-                "{requested} hosts at once need more open files than the limit of {files} allows; running {{fits}} at once (raise `ulimit -Hn` to run more)"
-            ),
-        );
+    let hosts = |n: u64| usize::try_from(n).unwrap_or(usize::MAX).max(1);
+    // Per limit: how many hosts fit, what they need more of, how to raise it.
+    let files = limits.open_files.filter(|_| cost.descriptors > 0).map(|files| {
+        let fits = hosts(files.saturating_sub(SPARE_DESCRIPTORS) / cost.descriptors);
+        (fits, format!("more open files than the limit of {files} allows"), "`ulimit -Hn`")
+    });
+    let processes = limits.processes.filter(|_| cost.processes > 0).map(|(limit, used)| {
+        let fits = hosts(limit.saturating_sub(used).saturating_sub(SPARE_PROCESSES) / cost.processes);
+        (
+            fits,
+            format!("more processes than the limit of {limit} allows with {used} already running as this user"),
+            "`ulimit -u`",
+        )
+    });
+    // The tighter limit wins; open files on a tie.
+    match [files, processes].into_iter().flatten().filter(|(fits, ..)| *fits < requested).min_by_key(|(fits, ..)| *fits)
+    {
+        None => Fitted { concurrency: requested, capped: None },
+        Some((fits, need, raise)) => Fitted {
+            concurrency: fits,
+            capped: Some(format!(
+                "{requested} hosts at once need {need}; running {fits} at once (raise {raise} to run more)"
+            )),
+        },
     }
-    if let (Some((limit, used)), true) = (limits.processes, cost.processes > 0) {
-        cap(
-            limit.saturating_sub(used).saturating_sub(SPARE_PROCESSES) / cost.processes,
-            format!(
-                "{requested} hosts at once need more processes than the limit of {limit} allows with {used} already running as this user; running {{fits}} at once (raise `ulimit -u` to run more)"
-            ),
-        );
-    }
-    fitted
 }
 
 #[cfg(test)]
