@@ -49,8 +49,10 @@ pub mod labels {
     pub const REGION: &str = "region";
 }
 
-/// One account of an inventory.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One account of an inventory. In a settings file, an account id
+/// (`"123456789012"`) or a table with `id` and optional `name`, `regions`
+/// and `role`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Account {
     /// The 12-digit account id.
     pub id: String,
@@ -73,6 +75,42 @@ impl Account {
             ));
         }
         Ok(Self { id, name: None, regions: Vec::new(), role: None })
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Account {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        use serde::de::Error as _;
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Written {
+            id: String,
+            name: Option<String>,
+            #[serde(default)]
+            regions: Vec<String>,
+            role: Option<String>,
+        }
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Entry {
+            Id(String),
+            Table(Written),
+        }
+        let w = match Entry::deserialize(d)? {
+            Entry::Id(id) => Written { id, name: None, regions: Vec::new(), role: None },
+            Entry::Table(w) => w,
+        };
+        let mut a = Account::new(w.id).map_err(D::Error::custom)?;
+        if let Some(r) = w.regions.iter().find(|r| !is_region(r)) {
+            return Err(D::Error::custom(format!("{r:?} is not a region name")));
+        }
+        if let Some(r) = w.role.as_deref().filter(|r| !is_role_name(r)) {
+            return Err(D::Error::custom(format!("{r:?} is not an IAM role name")));
+        }
+        a.name = w.name;
+        a.regions = w.regions;
+        a.role = w.role;
+        Ok(a)
     }
 }
 
@@ -157,7 +195,18 @@ impl fmt::Display for Scope {
 }
 
 /// Settings of an [`AwsContext`].
-#[derive(Clone, Debug)]
+///
+/// Written in `diffy.toml` as `[aws]` (or a request body) with these names:
+///
+/// ```
+/// let o: diffy_aws::AwsOptions = serde_json::from_str(
+///     r#"{ "accounts": ["111111111111", { "id": "222222222222", "regions": ["eu-west-1"] }], "role_name": "Triage" }"#,
+/// ).unwrap();
+/// assert_eq!(o.accounts[1].regions, ["eu-west-1"]);
+/// assert_eq!(o.session_name, "diffy");
+/// ```
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct AwsOptions {
     /// Accounts to work in (assuming a role in each); empty means the
@@ -169,8 +218,10 @@ pub struct AwsOptions {
     /// The role assumed in each account. Default [`DEFAULT_ROLE_NAME`].
     pub role_name: String,
     /// The assumed-role session name, seen in CloudTrail. Default `diffy`.
+    #[serde(deserialize_with = "session_name")]
     pub session_name: String,
     /// Attempts per API call in the adaptive retry mode. Default 10.
+    #[serde(deserialize_with = "diffy_core::settings::at_least_one::deserialize")]
     pub max_attempts: u32,
 }
 
@@ -208,17 +259,24 @@ impl AwsOptions {
     /// Sets the session name: `diffy-<incident>` makes the calls easy to
     /// find in CloudTrail. Characters IAM refuses become `-`; cut to 64.
     pub fn session_name(mut self, s: impl AsRef<str>) -> Self {
-        let clean: String = s
-            .as_ref()
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || "=,.@-_".contains(c) { c } else { '-' })
-            .take(64)
-            .collect();
-        if clean.len() >= 2 {
+        if let Some(clean) = clean_session_name(s.as_ref()) {
             self.session_name = clean;
         }
         self
     }
+}
+
+/// A session name IAM takes (characters it refuses become `-`, cut to 64),
+/// if at least 2 characters are left.
+fn clean_session_name(s: &str) -> Option<String> {
+    let clean: String =
+        s.chars().map(|c| if c.is_ascii_alphanumeric() || "=,.@-_".contains(c) { c } else { '-' }).take(64).collect();
+    (clean.len() >= 2).then_some(clean)
+}
+
+fn session_name<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<String, D::Error> {
+    let s = <String as serde::Deserialize>::deserialize(d)?;
+    clean_session_name(&s).ok_or_else(|| serde::de::Error::custom("a session name needs at least 2 characters"))
 }
 
 /// Where the AWS plugins get their SDK configuration from. Cheap to clone.

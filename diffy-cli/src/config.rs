@@ -7,9 +7,6 @@
 //! payload = "shell"
 //! format = "human"
 //! method = "cluster,baseline"
-//! concurrency = 64
-//! deadline = "120s"
-//! max_output = "256M"
 //! hosts = "hosts.txt"
 //! incident_id = "IR-1234"
 //! operator = "alice"
@@ -23,7 +20,12 @@
 //! [payloads.tiny]                # or a payload written inline
 //! query = [{ name = "listeners", shell = "ss -H -tln", format = "lines" }]
 //!
-//! [ssh]                          # the ssh transport
+//! [collect]                      # diffy_core::CollectOptions
+//! concurrency = 200              # default: the transport's (local 8, ssh 100, ssm 1000)
+//! host_deadline = "120s"
+//! max_output_bytes = "256M"
+//!
+//! [ssh]                          # diffy_transport_ssh::SshOptions
 //! config = "fleet_ssh_config"
 //! user = "ec2-user"
 //! identity = "/home/alice/.ssh/ir_ed25519"
@@ -33,6 +35,14 @@
 //! sudo = true
 //! connection_attempts = 6        # while closed before the SSH banner (MaxStartups)
 //!
+//! [ssm]                          # diffy_transport_ssm::SsmOptions
+//! poll_interval = "2s"
+//!
+//! [aws]                          # diffy_aws::AwsOptions
+//! regions = ["eu-west-1"]
+//! accounts = ["123456789012"]
+//! role_name = "DiffyTriage"
+//!
 //! [queries.listeners]            # how a query's rows are compared
 //! identity = ["line"]
 //! volatile = []
@@ -41,11 +51,16 @@
 //!
 //! Relative paths are relative to the configuration file's directory.
 //! Flags win over `DIFFY_*` environment variables, which win over this file.
+//!
+//! `[collect]`, `[ssh]`, `[ssm]` and `[aws]` are the library's option
+//! structs, deserialized as they are (one default per knob, in the struct);
+//! `crate::context` lays the flags over them, in one place.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 
 use crate::cli::Format;
 use crate::error::{CliError, CliResult};
@@ -60,33 +75,12 @@ pub struct Defaults {
     pub payload: Option<String>,
     pub format: Option<Format>,
     pub method: Option<String>,
-    pub concurrency: Option<usize>,
-    pub deadline: Option<String>,
-    pub max_output: Option<String>,
     pub hosts: Option<PathBuf>,
     pub incident_id: Option<String>,
     pub operator: Option<String>,
     pub suppressions: Option<PathBuf>,
     pub threshold: Option<f64>,
     pub history_days: Option<u32>,
-}
-
-/// Settings of the ssh transport.
-#[derive(Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SshDefaults {
-    pub config: Option<PathBuf>,
-    pub user: Option<String>,
-    pub port: Option<u16>,
-    pub identity: Option<PathBuf>,
-    #[serde(default)]
-    pub jump: Vec<String>,
-    pub known_hosts: Option<PathBuf>,
-    #[serde(default)]
-    pub accept_new_host_keys: bool,
-    #[serde(default)]
-    pub sudo: bool,
-    pub connection_attempts: Option<u32>,
 }
 
 /// A payload named in the configuration: a file, or written inline.
@@ -118,8 +112,14 @@ pub struct Config {
     pub payloads: BTreeMap<String, PayloadEntry>,
     #[serde(default)]
     pub queries: BTreeMap<String, QueryRulesEntry>,
-    #[serde(default)]
-    pub ssh: SshDefaults,
+    /// `[collect]`: a `diffy_core::CollectOptions`.
+    pub collect: Option<toml::Table>,
+    /// `[ssh]`: a `diffy_transport_ssh::SshOptions`.
+    pub ssh: Option<toml::Table>,
+    /// `[ssm]`: a `diffy_transport_ssm::SsmOptions`.
+    pub ssm: Option<toml::Table>,
+    /// `[aws]`: a `diffy_aws::AwsOptions`.
+    pub aws: Option<toml::Table>,
     /// The directory relative paths start from.
     #[serde(skip)]
     pub base: PathBuf,
@@ -154,12 +154,7 @@ impl Config {
         let Some(path) = path else { return Ok(Self { base: PathBuf::from("."), ..Default::default() }) };
         let text = std::fs::read_to_string(&path)
             .map_err(|e| CliError::plain(format!("cannot read configuration file {}: {e}", path.display())))?;
-        let mut config: Config = toml::from_str(&text).map_err(|e| {
-            CliError::new(
-                format!("configuration file {} is not valid: {e}", path.display()),
-                "see the diffy.toml example in the README; unknown keys are refused so typos do not go unnoticed",
-            )
-        })?;
+        let mut config = Self::parse(&text, &path.display().to_string())?;
         config.base = path
             .parent()
             .map(Path::to_path_buf)
@@ -167,6 +162,76 @@ impl Config {
             .unwrap_or_else(|| PathBuf::from("."));
         config.source = Some(path);
         Ok(config)
+    }
+
+    /// Parses the text of a configuration file (read from `source`),
+    /// checking every section this build has a plugin for.
+    pub fn parse(text: &str, source: &str) -> CliResult<Self> {
+        let invalid = |e: &dyn std::fmt::Display| {
+            CliError::new(
+                format!("configuration file {source} is not valid: {e}"),
+                "see the diffy.toml example in the README; unknown keys are refused so typos do not go unnoticed",
+            )
+        };
+        let table: toml::Table = toml::from_str(text).map_err(|e| invalid(&e))?;
+        // Where the collection limits were before they had a table of their own.
+        if let Some(toml::Value::Table(d)) = table.get("defaults") {
+            for (old, new) in
+                [("concurrency", "concurrency"), ("deadline", "host_deadline"), ("max_output", "max_output_bytes")]
+            {
+                if d.contains_key(old) {
+                    return Err(CliError::new(
+                        format!("configuration file {source}: [defaults] {old} has moved to [collect]"),
+                        format!("write it as `{new} = ...` under [collect]"),
+                    ));
+                }
+            }
+        }
+        let mut config: Config = table.try_into().map_err(|e| invalid(&e))?;
+        config.source = Some(PathBuf::from(source));
+        config.section::<diffy_core::CollectOptions>("collect")?;
+        #[cfg(feature = "transport-ssh")]
+        config.section::<diffy_transport_ssh::SshOptions>("ssh")?;
+        #[cfg(feature = "transport-ssm")]
+        config.section::<diffy_transport_ssm::SsmOptions>("ssm")?;
+        #[cfg(any(feature = "target-asg", feature = "transport-ssm", feature = "store-s3"))]
+        config.section::<diffy_aws::AwsOptions>("aws")?;
+        Ok(config)
+    }
+
+    fn table(&self, name: &str) -> Option<&toml::Table> {
+        match name {
+            "collect" => self.collect.as_ref(),
+            "ssh" => self.ssh.as_ref(),
+            "ssm" => self.ssm.as_ref(),
+            "aws" => self.aws.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// The options struct of a section (`collect`, `ssh`, `ssm`, `aws`):
+    /// what the file sets, every other field at its default.
+    pub fn section<T: DeserializeOwned + Default>(&self, name: &str) -> CliResult<T> {
+        let Some(t) = self.table(name) else { return Ok(T::default()) };
+        t.clone().try_into().map_err(|e| {
+            CliError::new(
+                format!(
+                    "configuration file {}: [{name}] is not valid: {e}",
+                    self.source.as_deref().unwrap_or(Path::new("(none)")).display()
+                ),
+                "see the diffy.toml example in the README; unknown keys are refused so typos do not go unnoticed",
+            )
+        })
+    }
+
+    /// Whether the file has the section.
+    pub fn has(&self, section: &str) -> bool {
+        self.table(section).is_some()
+    }
+
+    /// Whether the file sets one of `keys` (a name and its aliases) in `section`.
+    pub fn sets(&self, section: &str, keys: &[&str]) -> bool {
+        self.table(section).is_some_and(|t| keys.iter().any(|k| t.contains_key(*k)))
     }
 
     /// A path from the file, made relative to the file's directory.
@@ -199,6 +264,52 @@ mod tests {
         assert_eq!(c.defaults.format, Some(Format::Json));
         assert!(matches!(c.payloads["web"], PayloadEntry::File(_)));
         assert!(matches!(c.payloads["tiny"], PayloadEntry::Inline(_)));
-        assert!(toml::from_str::<Config>("[defaults]\nstroe = 1\n").is_err());
+        assert!(Config::parse("[defaults]\nstroe = 1\n", "t").is_err());
+    }
+
+    #[test]
+    fn sections_are_the_library_options() {
+        let c = Config::parse("[collect]\nconcurrency = 7\nhost_deadline = \"5m\"\n", "t").unwrap();
+        let o: diffy_core::CollectOptions = c.section("collect").unwrap();
+        assert_eq!(o.concurrency, Some(7));
+        assert_eq!(o.host_deadline, std::time::Duration::from_secs(300));
+        assert_eq!(o.max_output_bytes, diffy_core::CollectOptions::default().max_output_bytes);
+        assert!(c.sets("collect", &["host_deadline", "deadline"]) && !c.sets("collect", &["grace"]));
+        let e = Config::parse("[collect]\nconcurency = 7\n", "t").unwrap_err();
+        assert!(e.message.contains("[collect] is not valid") && e.message.contains("concurency"), "{}", e.message);
+        let e = Config::parse("[collect]\nconcurrency = 0\n", "t").unwrap_err();
+        assert!(e.message.contains("at least 1"), "{}", e.message);
+        let e = Config::parse("[defaults]\ndeadline = \"90s\"\n", "t").unwrap_err();
+        assert!(e.message.contains("moved to [collect]"), "{}", e.message);
+    }
+
+    #[test]
+    fn the_readme_example_and_the_module_example_parse() {
+        let readme = include_str!("../../README.md");
+        let start = readme.find("```toml\n[defaults]").expect("the README has a diffy.toml example") + 8;
+        let block = &readme[start..start + readme[start..].find("```").unwrap()];
+        let c = Config::parse(block, "README.md").unwrap();
+        assert!(c.has("collect") && c.has("ssh") && c.has("aws"));
+        let module: String = include_str!("config.rs")
+            .lines()
+            .skip_while(|l| !l.starts_with("//! ```toml"))
+            .skip(1)
+            .take_while(|l| !l.starts_with("//! ```"))
+            .map(|l| format!("{}\n", l.trim_start_matches("//!").trim_start_matches(' ')))
+            .collect();
+        Config::parse(&module, "config.rs").unwrap();
+    }
+
+    #[cfg(feature = "transport-ssh")]
+    #[test]
+    fn the_ssh_table_keeps_its_short_names() {
+        use diffy_transport_ssh::{HostKeyPolicy, SshOptions};
+        let c = Config::parse("[ssh]\nconfig = \"f\"\njump = [\"b\"]\naccept_new_host_keys = true\n", "t").unwrap();
+        let o: SshOptions = c.section("ssh").unwrap();
+        assert_eq!(o.config_file.as_deref(), Some(Path::new("f")));
+        assert_eq!(o.jump_hosts, ["b"]);
+        assert_eq!(o.host_keys, HostKeyPolicy::AcceptNew);
+        assert!(Config::parse("[ssh]\nusr = \"x\"\n", "t").is_err());
+        assert!(Config::parse("[ssh]\nhost_keys = \"yolo\"\n", "t").is_err());
     }
 }

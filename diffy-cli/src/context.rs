@@ -42,52 +42,136 @@ pub(crate) fn key(s: &str) -> CliResult<TargetKey> {
 
 /// Parses `256M`, `1G`, `512KiB`, `1048576`.
 pub fn parse_bytes(s: &str) -> CliResult<u64> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (n, unit) = t.split_at(split);
-    let n: u64 = n
-        .parse()
-        .map_err(|_| CliError::new(format!("{s:?} is not a size"), "write a size like 256M, 1G or 1048576"))?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        _ => return Err(CliError::new(format!("{s:?} is not a size"), "write a size like 256M, 1G or 1048576")),
-    };
-    n.checked_mul(mult)
-        .filter(|b| *b > 0)
-        .ok_or_else(|| CliError::new(format!("{s:?} is not a usable size"), "use a size above zero"))
+    diffy_core::settings::parse_bytes(s).map_err(|e| CliError::new(e, diffy_core::settings::BYTES_HELP))
 }
 
 pub(crate) fn parse_duration(s: &str) -> CliResult<Duration> {
-    let d = humantime::parse_duration(s)
-        .map_err(|e| CliError::new(format!("{s:?} is not a duration: {e}"), "write a duration like 90s, 5m or 1h"))?;
-    if d.is_zero() {
-        return Err(CliError::new("the deadline must be longer than zero", "write a duration like 90s or 5m"));
-    }
-    Ok(d)
+    diffy_core::settings::parse_duration(s).map_err(|e| CliError::new(e, diffy_core::settings::DURATION_HELP))
 }
 
-pub(crate) fn collect_options(c: &Common, t: &TransportArgs, transport_default: usize) -> CliResult<CollectOptions> {
-    let d = &c.config.defaults;
-    let mut concurrency = transport_default;
-    if let Some(n) = t.concurrency.or(d.concurrency) {
+// Where the settings meet: each function below starts from the library's
+// options struct as `diffy.toml` wrote it (every knob it leaves out at the
+// struct's one default), then lays the flags over it (clap has already laid
+// the flags over their `DIFFY_*` variables). Nothing else merges settings.
+
+/// `[collect]`, then `--concurrency`, `--deadline`, `--max-output`. A
+/// concurrency left unset is the transport's own default, chosen (and fitted
+/// to the process's limits) by the engine.
+pub(crate) fn collect_options(c: &Common, t: &TransportArgs) -> CliResult<CollectOptions> {
+    let mut o: CollectOptions = c.config.section("collect")?;
+    if let Some(n) = t.concurrency {
         if n == 0 {
             return Err(CliError::new("--concurrency must be at least 1", "use e.g. --concurrency 64"));
         }
-        concurrency = n;
+        o = o.concurrency(n);
     }
-    // The engine runs fewer at once if the process's limits cannot hold
-    // this many (and says so through the sink).
-    let mut o = CollectOptions::default().concurrency(concurrency);
-    if let Some(s) = t.deadline.as_deref().or(d.deadline.as_deref()) {
+    if let Some(s) = t.deadline.as_deref() {
         o = o.host_deadline(parse_duration(s)?);
     }
-    if let Some(s) = t.max_output.as_deref().or(d.max_output.as_deref()) {
+    if let Some(s) = t.max_output.as_deref() {
         o = o.max_output_bytes(parse_bytes(s)?);
     }
     Ok(o)
+}
+
+/// `[ssh]` (its paths relative to `diffy.toml`), then the `--ssh-*` flags;
+/// `[ssm]`, then the incident id as the commands' comment.
+pub(crate) fn transport_settings(
+    c: &Common,
+    a: &crate::cli::SshArgs,
+    incident: Option<&str>,
+) -> CliResult<registry::TransportSettings> {
+    let _ = (c, a, incident);
+    #[allow(unused_mut)]
+    let mut settings = registry::TransportSettings::default();
+    #[cfg(feature = "transport-ssh")]
+    {
+        use diffy_transport_ssh::{HostKeyPolicy, SshOptions};
+        let mut o: SshOptions = c.config.section("ssh")?;
+        for p in [&mut o.config_file, &mut o.identity_file, &mut o.known_hosts_file].into_iter().flatten() {
+            *p = c.config.path(p);
+        }
+        if let Some(f) = &a.ssh_config {
+            o = o.config_file(f);
+        }
+        if let Some(u) = &a.ssh_user {
+            o = o.user(u);
+        }
+        if let Some(p) = a.ssh_port {
+            o = o.port(p);
+        }
+        if let Some(i) = &a.ssh_identity {
+            o = o.identity_file(i);
+        }
+        if !a.ssh_jump.is_empty() {
+            o.jump_hosts = a.ssh_jump.clone();
+        }
+        if let Some(k) = &a.known_hosts {
+            o = o.known_hosts_file(k);
+        }
+        if a.accept_new_host_keys {
+            o = o.host_keys(HostKeyPolicy::AcceptNew);
+        }
+        if a.sudo {
+            o = o.sudo(true);
+        }
+        if let Some(n) = a.ssh_connection_attempts {
+            o = o.connection_attempts(n);
+        }
+        settings.ssh = o;
+    }
+    #[cfg(feature = "transport-ssm")]
+    {
+        let mut o: diffy_transport_ssm::SsmOptions = c.config.section("ssm")?;
+        // The incident id goes in each command's Comment, for CloudTrail.
+        if o.comment.is_none() {
+            o = o.comment(match incident {
+                Some(i) => format!("diffy {i}"),
+                None => "diffy (read-only triage queries)".to_string(),
+            });
+        }
+        settings.ssm = o;
+    }
+    Ok(settings)
+}
+
+/// `[aws]`, then `--region`, `--account`, `--role-name`, and the incident id
+/// as the assumed-role session name; the flags that choose instances.
+pub(crate) fn aws_settings(c: &Common, t: &TargetArgs, incident: Option<&str>) -> CliResult<registry::AwsSettings> {
+    let a = &t.aws;
+    #[cfg(any(feature = "target-asg", feature = "transport-ssm", feature = "store-s3"))]
+    let options = {
+        let mut o: diffy_aws::AwsOptions = c.config.section("aws")?;
+        if !a.regions.is_empty() {
+            o.regions = a.regions.clone();
+        }
+        if !a.accounts.is_empty() {
+            o.accounts = Vec::new();
+            for id in &a.accounts {
+                if !o.accounts.iter().any(|x| &x.id == id) {
+                    o.accounts.push(diffy_aws::Account::new(id.clone())?);
+                }
+            }
+        }
+        if let Some(r) = &a.role_name {
+            o = o.role_name(r);
+        }
+        if let Some(i) = incident.filter(|_| !c.config.sets("aws", &["session_name"])) {
+            o = o.session_name(format!("diffy-{i}"));
+        }
+        o
+    };
+    #[cfg(not(any(feature = "target-asg", feature = "transport-ssm", feature = "store-s3")))]
+    let _ = (c, incident);
+    Ok(registry::AwsSettings {
+        #[cfg(any(feature = "target-asg", feature = "transport-ssm", feature = "store-s3"))]
+        options,
+        accounts_file: a.accounts_file.clone(),
+        ssm_output: a.ssm_output.clone(),
+        groups: t.asg.clone(),
+        tags: t.tags.clone(),
+        instance_ids: t.instance_ids.clone(),
+    })
 }
 
 pub(crate) fn run_options(c: &Common, r: &RunArgs) -> RunOptions {
@@ -108,21 +192,6 @@ pub(crate) fn run_options(c: &Common, r: &RunArgs) -> RunOptions {
     o
 }
 
-pub(crate) fn ssh_settings(c: &Common, a: &crate::cli::SshArgs) -> registry::SshSettings {
-    let d = &c.config.ssh;
-    registry::SshSettings {
-        config: a.ssh_config.clone().or_else(|| d.config.as_ref().map(|p| c.config.path(p))),
-        user: a.ssh_user.clone().or_else(|| d.user.clone()),
-        port: a.ssh_port.or(d.port),
-        identity: a.ssh_identity.clone().or_else(|| d.identity.as_ref().map(|p| c.config.path(p))),
-        jump: if a.ssh_jump.is_empty() { d.jump.clone() } else { a.ssh_jump.clone() },
-        known_hosts: a.known_hosts.clone().or_else(|| d.known_hosts.as_ref().map(|p| c.config.path(p))),
-        accept_new_host_keys: a.accept_new_host_keys || d.accept_new_host_keys,
-        sudo: a.sudo || d.sudo,
-        connection_attempts: a.ssh_connection_attempts.or(d.connection_attempts),
-    }
-}
-
 /// An engine for collecting: target, transport, payload and store.
 pub(crate) async fn collecting_engine(
     c: &Common,
@@ -141,26 +210,19 @@ pub(crate) async fn collecting_engine(
     }
     let hosts = t.hosts.iter().map(|h| registry::parse_host(h)).collect::<CliResult<Vec<_>>>()?;
     let hosts_file: Option<PathBuf> = t.hosts_file.clone().or_else(|| d.hosts.as_ref().map(|h| c.config.path(h)));
-    let ssh = ssh_settings(c, &tr.ssh);
     let incident = r.incident_id.clone().or_else(|| d.incident_id.clone());
-    let aws = registry::AwsCell::new(registry::AwsSettings {
-        regions: t.aws.regions.clone(),
-        accounts: t.aws.accounts.clone(),
-        accounts_file: t.aws.accounts_file.clone(),
-        role_name: t.aws.role_name.clone(),
-        ssm_output: t.aws.ssm_output.clone(),
-        incident: incident.clone(),
-        groups: t.asg.clone(),
-        tags: t.tags.clone(),
-        instance_ids: t.instance_ids.clone(),
-    });
-    let collection = registry::transport(&transport_name, &ssh, incident.as_deref(), &aws).await?;
-    let target = registry::target(&target_name, hosts, hosts_file.as_deref(), &transport_name, &ssh, &aws).await?;
+    let settings = transport_settings(c, &tr.ssh, incident.as_deref())?;
+    let aws = registry::AwsCell::new(aws_settings(c, t, incident.as_deref())?);
+    let mut options = collect_options(c, tr)?;
+    let collection = registry::transport(&transport_name, &settings, &aws).await?;
+    let target = registry::target(&target_name, hosts, hosts_file.as_deref(), &transport_name, &settings, &aws).await?;
     let payload = registry::payload(&payload_name, &c.config)?;
     let store = registry::store(&c.store, &aws, registry::StoreUse::Write).await?;
-    let mut options = collect_options(c, tr, collection.default_concurrency())?;
     // The deep packs read every packaged file: their own default deadline.
-    if payload_name.ends_with("-deep") && tr.deadline.is_none() && d.deadline.is_none() {
+    if payload_name.ends_with("-deep")
+        && tr.deadline.is_none()
+        && !c.config.sets("collect", &["host_deadline", "deadline"])
+    {
         options = options.host_deadline(diffy_core::payload::DEEP_HOST_DEADLINE);
     }
     Ok(Engine::builder()
@@ -245,11 +307,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sizes() {
-        assert_eq!(parse_bytes("256M").unwrap(), 256 << 20);
-        assert_eq!(parse_bytes("1048576").unwrap(), 1 << 20);
-        assert_eq!(parse_bytes("2GiB").unwrap(), 2 << 30);
-        assert!(parse_bytes("lots").is_err());
-        assert!(parse_bytes("0").is_err());
+    fn flags_are_laid_over_the_file() {
+        use clap::Parser;
+        let cli = Cli::try_parse_from(["diffy", "collect", "k", "--deadline", "9s"]).unwrap();
+        let crate::cli::Command::Collect(a) = cli.command else { unreachable!() };
+        let c = Common {
+            config: Config::parse("[collect]\nconcurrency = 3\nhost_deadline = \"1m\"\n", "t").unwrap(),
+            format: Format::Human,
+            store: String::new(),
+        };
+        let o = collect_options(&c, &a.transport).unwrap();
+        assert_eq!(o.concurrency, Some(3), "from the file");
+        assert_eq!(o.host_deadline, Duration::from_secs(9), "the flag wins");
+        assert_eq!(o.grace, CollectOptions::default().grace, "the struct's default");
     }
 }

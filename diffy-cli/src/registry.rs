@@ -151,44 +151,32 @@ fn not_built(kind: &str, name: &str) -> CliError {
     CliError::plain(format!("the {kind} plugin {name:?} is not compiled into this build of diffy"))
 }
 
-/// How the ssh transport connects, from flags, environment and diffy.toml.
+/// The option structs of the transports this build has: `diffy.toml`'s
+/// tables with the flags laid over them (`crate::context` does that, in one
+/// place).
 #[derive(Clone, Debug, Default)]
-pub struct SshSettings {
-    /// ssh_config file.
-    pub config: Option<PathBuf>,
-    /// Remote user.
-    pub user: Option<String>,
-    /// Remote port.
-    pub port: Option<u16>,
-    /// Identity file.
-    pub identity: Option<PathBuf>,
-    /// Jump hosts.
-    pub jump: Vec<String>,
-    /// known_hosts file.
-    pub known_hosts: Option<PathBuf>,
-    /// Accept new host keys.
-    pub accept_new_host_keys: bool,
-    /// Run under sudo -n.
-    pub sudo: bool,
-    /// Attempts while connections are closed before the SSH banner.
-    pub connection_attempts: Option<u32>,
+#[non_exhaustive]
+pub struct TransportSettings {
+    /// The ssh transport and the ssh-config target.
+    #[cfg(feature = "transport-ssh")]
+    pub ssh: diffy_transport_ssh::SshOptions,
+    /// The ssm transport (its output bucket comes from
+    /// [`AwsSettings::ssm_output`]).
+    #[cfg(feature = "transport-ssm")]
+    pub ssm: diffy_transport_ssm::SsmOptions,
 }
 
-/// What the AWS plugins are told by flags and the environment.
+/// What the AWS plugins are told by flags, the environment and `diffy.toml`.
 #[derive(Clone, Debug, Default)]
 pub struct AwsSettings {
-    /// Regions.
-    pub regions: Vec<String>,
-    /// Account ids.
-    pub accounts: Vec<String>,
-    /// Account inventory file.
+    /// Accounts, regions, role and session name.
+    #[cfg(any(feature = "target-asg", feature = "transport-ssm", feature = "store-s3"))]
+    pub options: diffy_aws::AwsOptions,
+    /// Account inventory file, read when the context first loads; its
+    /// accounts come before `options.accounts`.
     pub accounts_file: Option<PathBuf>,
-    /// Role assumed in each account.
-    pub role_name: Option<String>,
     /// `s3://bucket/prefix` for SSM's whole outputs.
     pub ssm_output: Option<String>,
-    /// The incident id, for the assumed-role session name.
-    pub incident: Option<String>,
     /// Auto Scaling groups.
     pub groups: Vec<String>,
     /// Tag filters.
@@ -232,21 +220,15 @@ impl AwsCell {
     #[cfg(any(feature = "target-asg", feature = "transport-ssm", feature = "store-s3"))]
     async fn load(&self) -> CliResult<diffy_aws::AwsContext> {
         let s = &self.settings;
-        let mut accounts = Vec::new();
+        let mut o = s.options.clone();
         if let Some(f) = &s.accounts_file {
-            accounts.extend(diffy_aws::read_inventory(f)?);
-        }
-        for a in &s.accounts {
-            if !accounts.iter().any(|x: &diffy_aws::Account| &x.id == a) {
-                accounts.push(diffy_aws::Account::new(a.clone())?);
+            let mut accounts = diffy_aws::read_inventory(f)?;
+            for a in o.accounts {
+                if !accounts.iter().any(|x| x.id == a.id) {
+                    accounts.push(a);
+                }
             }
-        }
-        let mut o = diffy_aws::AwsOptions::default().accounts(accounts).regions(s.regions.clone());
-        if let Some(r) = &s.role_name {
-            o = o.role_name(r);
-        }
-        if let Some(i) = &s.incident {
-            o = o.session_name(format!("diffy-{i}"));
+            o.accounts = accounts;
         }
         Ok(diffy_aws::AwsContext::from_env(o).await?)
     }
@@ -278,7 +260,7 @@ pub async fn target(
     hosts: Vec<Host>,
     hosts_file: Option<&Path>,
     transport: &str,
-    ssh: &SshSettings,
+    settings: &TransportSettings,
     aws: &AwsCell,
 ) -> CliResult<Arc<dyn Target>> {
     lookup(PLUGINS, "target", name)?;
@@ -301,7 +283,7 @@ pub async fn target(
     }
     #[cfg(feature = "transport-ssh")]
     if name == "ssh-config" {
-        let Some(config) = &ssh.config else {
+        let Some(config) = &settings.ssh.config_file else {
             return Err(CliError::new(
                 "--target ssh-config needs an ssh_config file",
                 "name it with --ssh-config FILE",
@@ -346,17 +328,12 @@ pub async fn target(
         }
         return Ok(Arc::new(t));
     }
-    let _ = (hosts, hosts_file, transport, ssh, aws);
+    let _ = (hosts, hosts_file, transport, settings, aws);
     Err(not_built("target", name))
 }
 
 /// Builds the transport.
-pub async fn transport(
-    name: &str,
-    ssh: &SshSettings,
-    incident: Option<&str>,
-    aws: &AwsCell,
-) -> CliResult<Arc<dyn Collection>> {
+pub async fn transport(name: &str, settings: &TransportSettings, aws: &AwsCell) -> CliResult<Arc<dyn Collection>> {
     lookup(PLUGINS, "transport", name)?;
     #[cfg(feature = "transport-local")]
     if name == "local" {
@@ -364,44 +341,13 @@ pub async fn transport(
     }
     #[cfg(feature = "transport-ssh")]
     if name == "ssh" {
-        use diffy_transport_ssh::{HostKeyPolicy, SshOptions, SshTransport};
-        let mut o = SshOptions::default().sudo(ssh.sudo).host_keys(if ssh.accept_new_host_keys {
-            HostKeyPolicy::AcceptNew
-        } else {
-            HostKeyPolicy::Strict
-        });
-        if let Some(c) = &ssh.config {
-            o = o.config_file(c);
-        }
-        if let Some(u) = &ssh.user {
-            o = o.user(u);
-        }
-        if let Some(p) = ssh.port {
-            o = o.port(p);
-        }
-        if let Some(i) = &ssh.identity {
-            o = o.identity_file(i);
-        }
-        for j in &ssh.jump {
-            o = o.jump_host(j);
-        }
-        if let Some(k) = &ssh.known_hosts {
-            o = o.known_hosts_file(k);
-        }
-        if let Some(n) = ssh.connection_attempts {
-            o = o.connection_attempts(n);
-        }
-        return Ok(Arc::new(diffy_core::PerHost::new(SshTransport::new(o)?)));
+        let t = diffy_transport_ssh::SshTransport::new(settings.ssh.clone())?;
+        return Ok(Arc::new(diffy_core::PerHost::new(t)));
     }
     #[cfg(feature = "transport-ssm")]
     if name == "ssm" {
-        use diffy_transport_ssm::{SsmOptions, SsmTransport};
-        // The incident id goes in each command's Comment, for CloudTrail.
-        let comment = match incident {
-            Some(i) => format!("diffy {i}"),
-            None => "diffy (read-only triage queries)".to_string(),
-        };
-        let mut o = SsmOptions::default().comment(comment);
+        use diffy_transport_ssm::SsmTransport;
+        let mut o = settings.ssm.clone();
         // Checked before the AWS configuration loads: a typo is a usage error.
         let output = match &aws.settings().ssm_output {
             None => None,
@@ -419,7 +365,7 @@ pub async fn transport(
         }
         return Ok(Arc::new(SsmTransport::with_context(ctx, o)));
     }
-    let _ = (ssh, incident, aws);
+    let _ = (settings, aws);
     Err(not_built("transport", name))
 }
 

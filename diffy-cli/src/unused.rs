@@ -140,10 +140,22 @@ pub(crate) fn check(c: Chosen<'_>, t: &TargetArgs, tr: &TransportArgs, config: &
             )
         },
     )?;
-    if c.transport != "ssh" && c.target != "ssh-config" && config.ssh != Default::default() {
+    if c.transport != "ssh" && c.target != "ssh-config" && config.has("ssh") {
         warnings.push(format!(
             "diffy.toml's [ssh] settings are not used by --transport {} (only by --transport ssh)",
             c.transport
+        ));
+    }
+    if c.transport != "ssm" && config.has("ssm") {
+        warnings.push(format!(
+            "diffy.toml's [ssm] settings are not used by --transport {} (only by --transport ssm)",
+            c.transport
+        ));
+    }
+    if !c.uses_aws() && config.has("aws") {
+        warnings.push(format!(
+            "diffy.toml's [aws] settings are not used by this run (--target {}, --transport {}, --store {})",
+            c.target, c.transport, c.store
         ));
     }
     Ok(warnings)
@@ -201,9 +213,6 @@ pub(crate) fn check_reanalysis(
         ("transport", d.transport.is_some()),
         ("payload", d.payload.is_some()),
         ("hosts", d.hosts.is_some()),
-        ("concurrency", d.concurrency.is_some()),
-        ("deadline", d.deadline.is_some()),
-        ("max_output", d.max_output.is_some()),
         ("incident_id", d.incident_id.is_some()),
         ("operator", d.operator.is_some()),
     ]
@@ -211,8 +220,10 @@ pub(crate) fn check_reanalysis(
     .filter(|(_, set)| *set)
     .map(|(k, _)| k)
     .collect();
-    if config.ssh != Default::default() {
-        keys.push("[ssh]");
+    for section in ["[collect]", "[ssh]", "[ssm]"] {
+        if config.has(section.trim_matches(['[', ']'])) {
+            keys.push(section);
+        }
     }
     if !keys.is_empty() {
         warnings.push(format!("diffy.toml's {} are not used: {source} collects nothing", keys.join(", ")));

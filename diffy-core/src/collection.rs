@@ -15,27 +15,47 @@ use crate::query::PayloadSpec;
 use crate::result::{HostResult, HostStatus};
 use crate::script::{Execution, Script, assemble_blocking};
 
+/// Hosts at once of a transport that names no concurrency of its own.
+pub const DEFAULT_CONCURRENCY: usize = 64;
+
 /// Limits of one collection.
-#[derive(Clone, Debug, PartialEq, Eq)]
+///
+/// Written in `diffy.toml` as `[collect]` (or a request body) with the same
+/// names; see [`crate::settings`] for how durations and sizes are written:
+///
+/// ```
+/// let o: diffy_core::CollectOptions =
+///     serde_json::from_str(r#"{ "concurrency": 200, "host_deadline": "5m" }"#).unwrap();
+/// assert_eq!(o.concurrency, Some(200));
+/// assert_eq!(o.max_output_bytes, 256 << 20);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct CollectOptions {
-    /// Hosts queried at once. Default 64.
-    pub concurrency: usize,
+    /// Hosts queried at once (at least 1). Default: the transport's own,
+    /// [`Collection::default_concurrency`] (a local shell: a few; SSH:
+    /// hundreds); the engine also fits it to the process's limits.
+    #[serde(deserialize_with = "crate::settings::opt_at_least_one::deserialize")]
+    pub concurrency: Option<usize>,
     /// Time each host gets for the whole payload, enforced on the host (each
     /// query under `timeout`) and locally. Default 120 s.
+    #[serde(with = "crate::settings::duration", alias = "deadline")]
     pub host_deadline: Duration,
     /// Extra time the local side waits past `host_deadline` for the host's own
     /// timeout to report, before it stops the host by force. Default 5 s.
+    #[serde(with = "crate::settings::duration")]
     pub grace: Duration,
     /// Bytes of output kept per host before the host is stopped and marked
     /// truncated. Default 256 MiB.
+    #[serde(with = "crate::settings::bytes", alias = "max_output")]
     pub max_output_bytes: u64,
 }
 
 impl Default for CollectOptions {
     fn default() -> Self {
         Self {
-            concurrency: 64,
+            concurrency: None,
             host_deadline: Duration::from_secs(120),
             grace: Duration::from_secs(5),
             max_output_bytes: 256 << 20,
@@ -46,8 +66,14 @@ impl Default for CollectOptions {
 impl CollectOptions {
     /// Sets the concurrency (at least 1).
     pub fn concurrency(mut self, n: usize) -> Self {
-        self.concurrency = n.max(1);
+        self.concurrency = Some(n.max(1));
         self
+    }
+
+    /// The hosts to work on at once: the concurrency set, else `default`
+    /// (the transport's [`Collection::default_concurrency`]); at least 1.
+    pub fn concurrency_or(&self, default: usize) -> usize {
+        self.concurrency.unwrap_or(default).max(1)
     }
 
     /// Sets the per-host deadline.
@@ -117,7 +143,9 @@ pub enum CollectEvent {
 ///   timed out, garbage) is a result with that status, never a stream error.
 /// - Yields [`CollectEvent::Started`] for a host before its `Finished`, when it
 ///   actually starts work on it.
-/// - Works on at most `options.concurrency` hosts at once.
+/// - Works on at most `options.concurrency` hosts at once, or its own
+///   [`default_concurrency`](Self::default_concurrency) when that is `None`
+///   ([`CollectOptions::concurrency_or`]).
 /// - Every host finishes by `host_deadline + grace` after it started; the
 ///   deadline is enforced on the host as well, because stopping the local side
 ///   does not stop a remote command.
@@ -132,9 +160,10 @@ pub trait Collection: Send + Sync + std::fmt::Debug {
     fn name(&self) -> &str;
 
     /// How many hosts this transport works on at once when the caller does
-    /// not say (a local shell: a few; SSH: hundreds).
+    /// not say (a local shell: a few; SSH: hundreds). Default
+    /// [`DEFAULT_CONCURRENCY`].
     fn default_concurrency(&self) -> usize {
-        CollectOptions::default().concurrency
+        DEFAULT_CONCURRENCY
     }
 
     /// What each host in flight holds on this machine; the engine fits its
@@ -188,7 +217,7 @@ pub trait HostExec: Send + Sync + std::fmt::Debug + 'static {
 
     /// See [`Collection::default_concurrency`].
     fn default_concurrency(&self) -> usize {
-        CollectOptions::default().concurrency
+        DEFAULT_CONCURRENCY
     }
 
     /// See [`Collection::host_cost`].
@@ -242,8 +271,9 @@ impl<E: HostExec> Collection for PerHost<E> {
                 deadline: options.host_deadline + options.grace,
                 max_output_bytes: options.max_output_bytes,
             };
+            let concurrency = options.concurrency_or(exec.default_concurrency());
             futures::stream::iter(hosts)
-                .for_each_concurrent(options.concurrency.max(1), |host| {
+                .for_each_concurrent(concurrency, |host| {
                     let (tx, exec, spec, script, cancel) =
                         (tx.clone(), exec.clone(), spec.clone(), script.clone(), cancel.clone());
                     async move {

@@ -617,11 +617,9 @@ impl Engine {
         let script = Script::render(&spec, self.options.host_deadline)?;
         // Hosts past the limits on open files or processes would be lost:
         // run fewer at once, and keep why.
-        let fitted = crate::limits::fit_concurrency(
-            self.options.concurrency,
-            collection.host_cost(),
-            crate::limits::ProcessLimits::current(),
-        );
+        let requested = self.options.concurrency_or(collection.default_concurrency());
+        let fitted =
+            crate::limits::fit_concurrency(requested, collection.host_cost(), crate::limits::ProcessLimits::current());
         let started_at = Utc::now();
         let mut manifest = RunManifest {
             id: RunId::generate(started_at),
@@ -636,7 +634,7 @@ impl Engine {
             payload: spec.clone(),
             limits: RunLimits {
                 concurrency: fitted.concurrency,
-                requested_concurrency: fitted.capped.as_ref().map(|_| self.options.concurrency),
+                requested_concurrency: fitted.capped.as_ref().map(|_| requested),
                 concurrency_capped: fitted.capped.clone(),
                 host_deadline_secs: self.options.host_deadline.as_secs(),
                 max_output_bytes: self.options.max_output_bytes,

@@ -55,6 +55,7 @@ pub mod report;
 pub mod result;
 pub mod run;
 pub mod script;
+pub mod settings;
 pub mod store;
 pub mod target;
 pub mod transport;

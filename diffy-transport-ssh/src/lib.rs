@@ -55,8 +55,11 @@ const PLUGIN: &str = "ssh";
 /// input is closed) before the local `ssh` is killed.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
-/// What to do with host keys.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// What to do with host keys. Written `"strict"` or `"accept-new"` in a
+/// settings file; `true` and `false` (as `accept_new_host_keys = true`) mean
+/// accept-new and strict.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum HostKeyPolicy {
     /// Refuse hosts whose key is unknown or changed (`StrictHostKeyChecking=yes`).
     #[default]
@@ -66,41 +69,84 @@ pub enum HostKeyPolicy {
     AcceptNew,
 }
 
+impl<'de> serde::Deserialize<'de> for HostKeyPolicy {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Written {
+            AcceptNew(bool),
+            Name(String),
+        }
+        match Written::deserialize(d)? {
+            Written::AcceptNew(true) => Ok(Self::AcceptNew),
+            Written::AcceptNew(false) => Ok(Self::Strict),
+            Written::Name(n) => match n.as_str() {
+                "strict" => Ok(Self::Strict),
+                "accept-new" => Ok(Self::AcceptNew),
+                _ => Err(serde::de::Error::custom(format!(
+                    "unknown host key policy {n:?}; write \"strict\" or \"accept-new\""
+                ))),
+            },
+        }
+    }
+}
+
+/// Hosts the SSH transport works on at once when the caller does not say.
+pub const DEFAULT_CONCURRENCY: usize = 100;
+
 /// How to reach hosts. Anything not set here comes from the SSH client's own
 /// configuration (`~/.ssh/config`, or [`SshOptions::config_file`]).
-#[derive(Clone, Debug)]
+///
+/// Written in `diffy.toml` as `[ssh]` (or a request body) with these names,
+/// or the shorter `config`, `identity`, `jump` and `known_hosts`; durations
+/// as `"10s"`. Relative paths are the caller's to resolve.
+///
+/// ```
+/// let o: diffy_transport_ssh::SshOptions =
+///     serde_json::from_str(r#"{ "user": "ec2-user", "jump": ["bastion"], "accept_new_host_keys": true }"#).unwrap();
+/// assert_eq!(o.host_keys, diffy_transport_ssh::HostKeyPolicy::AcceptNew);
+/// assert_eq!(o.connection_attempts, 6);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct SshOptions {
     /// The `ssh` program. Default `ssh`, from `PATH`.
     pub program: PathBuf,
     /// An ssh_config file to use instead of `~/.ssh/config` (`ssh -F`).
+    #[serde(alias = "config")]
     pub config_file: Option<PathBuf>,
     /// Remote user.
     pub user: Option<String>,
     /// Remote port.
     pub port: Option<u16>,
     /// Identity file (used alone, `IdentitiesOnly=yes`).
+    #[serde(alias = "identity")]
     pub identity_file: Option<PathBuf>,
     /// Jump hosts, in order (`ssh -J`).
+    #[serde(alias = "jump")]
     pub jump_hosts: Vec<String>,
-    /// Host key checking.
+    /// Host key checking. Default strict.
+    #[serde(alias = "accept_new_host_keys")]
     pub host_keys: HostKeyPolicy,
     /// A known_hosts file to use instead of the user's.
+    #[serde(alias = "known_hosts")]
     pub known_hosts_file: Option<PathBuf>,
     /// Time allowed to open the connection. Default 10 s.
+    #[serde(with = "diffy_core::settings::duration")]
     pub connect_timeout: Duration,
     /// Interval of keepalives; a host that answers none of three is lost. Default 10 s.
+    #[serde(with = "diffy_core::settings::duration")]
     pub keepalive: Duration,
     /// Run the payload with `sudo -n` (never prompts; a password request is `auth_failed`).
     pub sudo: bool,
-    /// Hosts worked on at once. Default 100.
-    pub concurrency: usize,
     /// Attempts per host while the connection is closed before the SSH
     /// banner (see [`refused_before_banner`]): sshd does that to new
     /// connections beyond its `MaxStartups` (default `10:30:100`, easily
     /// reached on a jump host that every host's connection goes through).
     /// Retries wait 0.25 s, 0.5 s, 1 s, 2 s, then 4 s, each with random
     /// jitter, and never past the host's deadline. Default 6; 1 never retries.
+    #[serde(deserialize_with = "diffy_core::settings::at_least_one::deserialize")]
     pub connection_attempts: u32,
 }
 
@@ -118,7 +164,6 @@ impl Default for SshOptions {
             connect_timeout: Duration::from_secs(10),
             keepalive: Duration::from_secs(10),
             sudo: false,
-            concurrency: 100,
             connection_attempts: 6,
         }
     }
@@ -188,12 +233,6 @@ impl SshOptions {
     /// Sets the keepalive interval.
     pub fn keepalive(mut self, d: Duration) -> Self {
         self.keepalive = d;
-        self
-    }
-
-    /// Sets the concurrency.
-    pub fn concurrency(mut self, n: usize) -> Self {
-        self.concurrency = n.max(1);
         self
     }
 
@@ -598,7 +637,7 @@ impl HostExec for SshTransport {
     }
 
     fn default_concurrency(&self) -> usize {
-        self.options.concurrency
+        DEFAULT_CONCURRENCY
     }
 
     /// Three pipes and a spare; `ssh` and its `ProxyCommand`, if any.

@@ -66,8 +66,16 @@ pub const MAX_COMMENT: usize = 100;
 
 const PLUGIN: &str = "ssm";
 
+/// Instances the SSM transport keeps in flight when the caller does not say.
+pub const DEFAULT_CONCURRENCY: usize = 1000;
+
 /// Settings of the SSM transport.
-#[derive(Clone, Debug)]
+///
+/// Written in `diffy.toml` as `[ssm]` (or a request body) with these names;
+/// durations as `"2s"`. The output bucket needs a reader and is set in code
+/// ([`SsmOptions::output_bucket`]).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct SsmOptions {
     /// The command document. Default `AWS-RunShellScript`.
@@ -76,25 +84,45 @@ pub struct SsmOptions {
     /// incident id, so the commands are easy to find in CloudTrail.
     pub comment: Option<String>,
     /// Instance ids per `SendCommand` (1 to 50). Default 50.
+    #[serde(deserialize_with = "batch")]
     pub batch: usize,
     /// Time between polling rounds. Default 2 s.
+    #[serde(with = "diffy_core::settings::duration")]
     pub poll_interval: Duration,
     /// How long an invocation may stay invisible after `SendCommand` (not
     /// listed, or `InvocationDoesNotExist`) before the host is given up.
     /// Default 60 s.
+    #[serde(with = "diffy_core::settings::duration")]
     pub visibility_grace: Duration,
     /// Time an instance's agent has to pick the command up (`TimeoutSeconds`
     /// of `SendCommand`, at least 30 s); also added to each host's deadline.
     /// Default 60 s.
+    #[serde(serialize_with = "diffy_core::settings::duration::serialize", deserialize_with = "delivery")]
     pub delivery_timeout: Duration,
     /// Output fetches (`GetCommandInvocation`) in flight at once. Default 16.
+    #[serde(deserialize_with = "diffy_core::settings::at_least_one::deserialize")]
     pub fetch_concurrency: usize,
-    /// Instances in flight at once. Default 1,000.
-    pub concurrency: usize,
     /// Where SSM also writes each invocation's whole output
     /// (`OutputS3BucketName`), read when the inline output was cut. Default
     /// none.
+    #[serde(skip)]
     pub output_bucket: Option<OutputBucket>,
+}
+
+fn batch<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<usize, D::Error> {
+    let n: usize = diffy_core::settings::at_least_one::deserialize(d)?;
+    if n > MAX_IDS_PER_SEND {
+        return Err(serde::de::Error::custom(format!("batch is at most {MAX_IDS_PER_SEND} (SendCommand's limit)")));
+    }
+    Ok(n)
+}
+
+fn delivery<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Duration, D::Error> {
+    let t = diffy_core::settings::duration::deserialize(d)?;
+    if t < Duration::from_secs(30) {
+        return Err(serde::de::Error::custom("delivery_timeout is at least 30s (SendCommand's TimeoutSeconds)"));
+    }
+    Ok(t)
 }
 
 /// An S3 bucket (and key prefix) where the instances' agents write each
@@ -148,7 +176,6 @@ impl Default for SsmOptions {
             visibility_grace: Duration::from_secs(60),
             delivery_timeout: Duration::from_secs(60),
             fetch_concurrency: 16,
-            concurrency: 1000,
             output_bucket: None,
         }
     }
@@ -182,12 +209,6 @@ impl SsmOptions {
     /// Sets the delivery timeout (at least 30 s, as the API requires).
     pub fn delivery_timeout(mut self, d: Duration) -> Self {
         self.delivery_timeout = d.max(Duration::from_secs(30));
-        self
-    }
-
-    /// Sets the instances in flight at once.
-    pub fn concurrency(mut self, n: usize) -> Self {
-        self.concurrency = n.max(1);
         self
     }
 
@@ -263,7 +284,7 @@ impl Collection for SsmTransport {
     }
 
     fn default_concurrency(&self) -> usize {
-        self.options.concurrency
+        DEFAULT_CONCURRENCY
     }
 
     fn collect(&self, request: CollectRequest) -> BoxStream<'static, CollectEvent> {
@@ -456,7 +477,7 @@ impl Run {
         // waiting for room (more hosts than `concurrency`) have not started,
         // and are never given up for the time the others took.
         let per_host = options.host_deadline + options.grace + o.delivery_timeout;
-        let concurrency = options.concurrency.max(1);
+        let concurrency = options.concurrency_or(DEFAULT_CONCURRENCY);
 
         let mut queue = VecDeque::new();
         for host in hosts {

@@ -68,7 +68,7 @@ async fn one(n: usize, rps: Option<f64>) -> Row {
         hosts,
         Arc::new(spec),
         Arc::new(script),
-        CollectOptions::default().host_deadline(Duration::from_secs(300)),
+        CollectOptions::default().host_deadline(Duration::from_secs(300)).concurrency(1000),
         CancellationToken::new(),
     );
     let start = Instant::now();

@@ -3,7 +3,7 @@
 //! call `block_in_place`, which panics there). Against moto for S3, Auto
 //! Scaling and EC2; skips without moto, except under CI.
 
-use diffy_cli::registry::{self, AwsCell, AwsSettings, SshSettings, StoreUse};
+use diffy_cli::registry::{self, AwsCell, AwsSettings, StoreUse, TransportSettings};
 use diffy_core::TargetKey;
 use diffy_testkit::moto::Moto;
 
@@ -35,13 +35,15 @@ fn current_thread_child() {
     assert_eq!(std::env::var("DIFFY_EMBED_CHILD").as_deref(), Ok("1"), "run through its parent test");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
-        let aws = AwsCell::new(AwsSettings { regions: vec!["us-east-1".into()], ..AwsSettings::default() });
-        let ssh = SshSettings::default();
+        let options = diffy_aws::AwsOptions::default().regions(["us-east-1"]);
+        let aws = AwsCell::new(AwsSettings { options, ..AwsSettings::default() });
+        let settings = TransportSettings::default();
         let store = registry::store("s3://diffy-embed/runs", &aws, StoreUse::Write).await.expect("the S3 store opens");
         let key = TargetKey::new("web").unwrap();
         assert!(store.list_runs(Some(&key)).await.expect("it lists").is_empty(), "a new store has no runs");
-        registry::transport("ssm", &ssh, Some("IR-7"), &aws).await.expect("the SSM transport builds");
-        let target = registry::target("asg", vec![], None, "ssm", &ssh, &aws).await.expect("the asg target builds");
+        registry::transport("ssm", &settings, &aws).await.expect("the SSM transport builds");
+        let target =
+            registry::target("asg", vec![], None, "ssm", &settings, &aws).await.expect("the asg target builds");
         // moto has no Auto Scaling group: resolving says so, as data or an error, without panicking.
         let resolved = target.resolve(&key).await;
         assert!(resolved.map(|r| r.hosts.is_empty()).unwrap_or(true), "no group, no host");

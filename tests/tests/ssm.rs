@@ -314,14 +314,15 @@ async fn hosts_waiting_for_room_are_not_timed_out_by_the_others() {
     // (2 s + 1 s grace + the 30 s delivery timeout).
     let t = SsmTransport::new(
         client(&endpoint.url()),
-        SsmOptions::default()
-            .poll_interval(Duration::from_millis(300))
-            .delivery_timeout(Duration::from_secs(30))
-            .concurrency(1),
+        SsmOptions::default().poll_interval(Duration::from_millis(300)).delivery_timeout(Duration::from_secs(30)),
     );
     let hosts: Vec<Host> = (1..=14).map(|i| Host::named(&instance(i)).unwrap()).collect();
     let started = std::time::Instant::now();
-    let results = collect(&t, hosts, payload(), Duration::from_secs(2)).await;
+    let options = diffy_core::CollectOptions::default()
+        .concurrency(1)
+        .host_deadline(Duration::from_secs(2))
+        .grace(Duration::from_secs(1));
+    let results = common::collect_results_with(&t, hosts, payload(), options).await;
     let took = started.elapsed();
     let not_ok: Vec<String> = results
         .iter()

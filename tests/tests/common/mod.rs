@@ -157,16 +157,25 @@ pub async fn collect_results(
     spec: diffy_core::PayloadSpec,
     deadline: std::time::Duration,
 ) -> Vec<diffy_core::HostResult> {
+    let options =
+        diffy_core::CollectOptions::default().host_deadline(deadline).grace(std::time::Duration::from_secs(1));
+    collect_results_with(t, hosts, spec, options).await
+}
+
+/// Runs `spec` on `hosts` through `t` within `options`.
+pub async fn collect_results_with(
+    t: &dyn diffy_core::Collection,
+    hosts: Vec<diffy_core::Host>,
+    spec: diffy_core::PayloadSpec,
+    options: diffy_core::CollectOptions,
+) -> Vec<diffy_core::HostResult> {
     use futures::StreamExt;
-    let script = diffy_core::script::Script::render(&spec, deadline).unwrap();
+    let script = diffy_core::script::Script::render(&spec, options.host_deadline).unwrap();
     let request = diffy_core::CollectRequest::new(
         hosts,
         std::sync::Arc::new(spec),
         std::sync::Arc::new(script),
-        diffy_core::CollectOptions::default()
-            .concurrency(t.default_concurrency())
-            .host_deadline(deadline)
-            .grace(std::time::Duration::from_secs(1)),
+        options,
         tokio_util::sync::CancellationToken::new(),
     );
     t.collect(request)
