@@ -126,6 +126,9 @@ pub struct Config {
     /// Where the file was read from, if anywhere.
     #[serde(skip)]
     pub source: Option<PathBuf>,
+    /// What the file still says the old way (printed once at start).
+    #[serde(skip)]
+    pub warnings: Vec<String>,
 }
 
 impl Config {
@@ -173,22 +176,42 @@ impl Config {
                 "see the diffy.toml example in the README; unknown keys are refused so typos do not go unnoticed",
             )
         };
-        let table: toml::Table = toml::from_str(text).map_err(|e| invalid(&e))?;
-        // Where the collection limits were before they had a table of their own.
-        if let Some(toml::Value::Table(d)) = table.get("defaults") {
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| invalid(&e))?;
+        // Where the collection limits were before they had a table of their
+        // own: still read, with a warning, so that an old file keeps working.
+        let mut warnings = Vec::new();
+        if let Some(toml::Value::Table(d)) = table.get_mut("defaults") {
+            let mut moved = toml::Table::new();
             for (old, new) in
                 [("concurrency", "concurrency"), ("deadline", "host_deadline"), ("max_output", "max_output_bytes")]
             {
-                if d.contains_key(old) {
-                    return Err(CliError::new(
-                        format!("configuration file {source}: [defaults] {old} has moved to [collect]"),
-                        format!("write it as `{new} = ...` under [collect]"),
+                if let Some(v) = d.remove(old) {
+                    warnings.push(format!(
+                        "configuration file {source}: [defaults] {old} has moved to [collect]; \
+                         write it as `{new} = ...` under [collect]"
                     ));
+                    moved.insert(new.to_string(), v);
+                }
+            }
+            if !moved.is_empty() {
+                let collect = table.entry("collect").or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                let toml::Value::Table(collect) = collect else {
+                    return Err(invalid(&"[collect] must be a table"));
+                };
+                for (k, v) in moved {
+                    if collect.contains_key(&k) || (k == "host_deadline" && collect.contains_key("deadline")) {
+                        return Err(CliError::new(
+                            format!("configuration file {source} sets {k} both in [defaults] and in [collect]"),
+                            "keep the one under [collect]",
+                        ));
+                    }
+                    collect.insert(k, v);
                 }
             }
         }
         let mut config: Config = table.try_into().map_err(|e| invalid(&e))?;
         config.source = Some(PathBuf::from(source));
+        config.warnings = warnings;
         config.section::<diffy_core::CollectOptions>("collect")?;
         #[cfg(feature = "transport-ssh")]
         config.section::<diffy_transport_ssh::SshOptions>("ssh")?;
@@ -279,8 +302,13 @@ mod tests {
         assert!(e.message.contains("[collect] is not valid") && e.message.contains("concurency"), "{}", e.message);
         let e = Config::parse("[collect]\nconcurrency = 0\n", "t").unwrap_err();
         assert!(e.message.contains("at least 1"), "{}", e.message);
-        let e = Config::parse("[defaults]\ndeadline = \"90s\"\n", "t").unwrap_err();
-        assert!(e.message.contains("moved to [collect]"), "{}", e.message);
+        let c = Config::parse("[defaults]\ndeadline = \"90s\"\nconcurrency = 3\n", "t").unwrap();
+        let o: diffy_core::CollectOptions = c.section("collect").unwrap();
+        assert_eq!((o.host_deadline, o.concurrency), (std::time::Duration::from_secs(90), Some(3)));
+        assert_eq!(c.warnings.len(), 2);
+        assert!(c.warnings[0].contains("[defaults] concurrency has moved to [collect]"), "{:?}", c.warnings);
+        let e = Config::parse("[defaults]\nmax_output = \"1M\"\n[collect]\nmax_output_bytes = 5\n", "t").unwrap_err();
+        assert!(e.message.contains("both in [defaults] and in [collect]"), "{}", e.message);
     }
 
     #[test]

@@ -26,6 +26,9 @@ pub(crate) struct Common {
 impl Common {
     pub(crate) fn new(cli: &Cli) -> CliResult<Self> {
         let config = Config::load(cli.config.as_deref())?;
+        for w in &config.warnings {
+            let _ = writeln!(std::io::stderr(), "warning: {w}");
+        }
         let format = cli.format.or(config.defaults.format).unwrap_or(Format::Human);
         let store = cli.store.clone().or_else(|| config.defaults.store.clone()).unwrap_or_else(|| "diffy-store".into());
         Ok(Self { config, format, store })
@@ -90,6 +93,10 @@ pub(crate) fn transport_settings(
         let mut o: SshOptions = c.config.section("ssh")?;
         for p in [&mut o.config_file, &mut o.identity_file, &mut o.known_hosts_file].into_iter().flatten() {
             *p = c.config.path(p);
+        }
+        // A bare name is looked up on PATH; a path is the file's.
+        if o.program.components().count() > 1 {
+            o.program = c.config.path(&o.program);
         }
         if let Some(f) = &a.ssh_config {
             o = o.config_file(f);
@@ -172,6 +179,12 @@ pub(crate) fn aws_settings(c: &Common, t: &TargetArgs, incident: Option<&str>) -
         tags: t.tags.clone(),
         instance_ids: t.instance_ids.clone(),
     })
+}
+
+/// The AWS context for reading a store (`runs`, `analyze --from`): `[aws]`
+/// from the file, no target flags.
+pub(crate) fn store_aws(c: &Common) -> CliResult<registry::AwsCell> {
+    Ok(registry::AwsCell::new(aws_settings(c, &TargetArgs::default(), None)?))
 }
 
 pub(crate) fn run_options(c: &Common, r: &RunArgs) -> RunOptions {
@@ -320,5 +333,27 @@ mod tests {
         assert_eq!(o.concurrency, Some(3), "from the file");
         assert_eq!(o.host_deadline, Duration::from_secs(9), "the flag wins");
         assert_eq!(o.grace, CollectOptions::default().grace, "the struct's default");
+    }
+
+    #[cfg(feature = "transport-ssh")]
+    #[test]
+    fn ssh_paths_are_the_files() {
+        use clap::Parser;
+        let cli = Cli::try_parse_from(["diffy", "collect", "k", "--ssh-user", "ir"]).unwrap();
+        let crate::cli::Command::Collect(a) = cli.command else { unreachable!() };
+        let mut config =
+            Config::parse("[ssh]\nprogram = \"bin/ssh\"\nknown_hosts_file = \"kh\"\nuser = \"x\"\n", "t").unwrap();
+        config.base = PathBuf::from("/etc/diffy");
+        let c = Common { config, format: Format::Human, store: String::new() };
+        let s = transport_settings(&c, &a.transport.ssh, None).unwrap();
+        assert_eq!(s.ssh.program, PathBuf::from("/etc/diffy/bin/ssh"));
+        assert_eq!(s.ssh.known_hosts_file, Some(PathBuf::from("/etc/diffy/kh")));
+        assert_eq!(s.ssh.user.as_deref(), Some("ir"), "the flag wins");
+        let c = Common { config: Config::parse("[ssh]\nprogram = \"ssh\"\n", "t").unwrap(), ..c };
+        assert_eq!(
+            transport_settings(&c, &a.transport.ssh, None).unwrap().ssh.program,
+            PathBuf::from("ssh"),
+            "on PATH"
+        );
     }
 }

@@ -348,6 +348,9 @@ pub async fn transport(name: &str, settings: &TransportSettings, aws: &AwsCell) 
     if name == "ssm" {
         use diffy_transport_ssm::SsmTransport;
         let mut o = settings.ssm.clone();
+        if o.comment.is_none() {
+            o = o.comment("diffy (read-only triage queries)");
+        }
         // Checked before the AWS configuration loads: a typo is a usage error.
         let output = match &aws.settings().ssm_output {
             None => None,

@@ -36,7 +36,10 @@ pub struct CollectOptions {
     /// Hosts queried at once (at least 1). Default: the transport's own,
     /// [`Collection::default_concurrency`] (a local shell: a few; SSH:
     /// hundreds); the engine also fits it to the process's limits.
-    #[serde(deserialize_with = "crate::settings::opt_at_least_one::deserialize")]
+    #[serde(
+        deserialize_with = "crate::settings::opt_at_least_one::deserialize",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub concurrency: Option<usize>,
     /// Time each host gets for the whole payload, enforced on the host (each
     /// query under `timeout`) and locally. Default 120 s.
@@ -314,6 +317,18 @@ mod tests {
     use super::*;
     use crate::query::{OutputFormat, Query};
     use crate::script::ExecEnd;
+
+    #[test]
+    fn options_round_trip_through_json() {
+        for o in [CollectOptions::default(), CollectOptions::default().concurrency(7)] {
+            let text = serde_json::to_string(&o).unwrap();
+            assert_eq!(serde_json::from_str::<CollectOptions>(&text).unwrap(), o, "{text}");
+        }
+        let o: CollectOptions = serde_json::from_str(r#"{"concurrency": null}"#).unwrap();
+        assert_eq!(o.concurrency, None);
+        let e = serde_json::from_str::<CollectOptions>(r#"{"concurrency": 0}"#).unwrap_err();
+        assert!(e.to_string().contains("at least 1"), "{e}");
+    }
 
     /// Answers every host with an empty exit 0, and panics on `b`.
     #[derive(Debug)]

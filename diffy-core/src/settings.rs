@@ -141,13 +141,19 @@ pub mod at_least_one {
 pub mod opt_at_least_one {
     use super::*;
 
-    /// Reads a whole number of at least 1.
+    /// Reads a whole number of at least 1, or null for none.
     pub fn deserialize<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
     where
         D: Deserializer<'de>,
         T: TryFrom<u64>,
     {
-        super::at_least_one::deserialize(d).map(Some)
+        let Some(n) = <Option<u64> as serde::Deserialize>::deserialize(d)? else {
+            return Ok(None);
+        };
+        if n == 0 {
+            return Err(de::Error::custom("must be at least 1"));
+        }
+        T::try_from(n).map(Some).map_err(|_| de::Error::custom(format!("{n} is too large")))
     }
 }
 

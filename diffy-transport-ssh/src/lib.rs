@@ -7,7 +7,8 @@
 //! Per host: one `ssh` process, one connection, one remote invocation
 //! (`sh -s`, or `sudo -n sh -s`) that runs every query of the payload with
 //! framed output. Hosts are worked on concurrently
-//! ([`SshOptions::concurrency`], 100 by default).
+//! ([`CollectOptions::concurrency`](diffy_core::CollectOptions::concurrency);
+//! [`DEFAULT_CONCURRENCY`], 100, when it is unset).
 //!
 //! - **Host keys are checked strictly** by default: an unknown key is
 //!   `host_key_unknown`, a changed one `host_key_mismatch` (during an incident

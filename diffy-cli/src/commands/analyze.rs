@@ -93,7 +93,7 @@ pub(super) async fn run(c: &Common, a: &AnalyzeArgs) -> CliResult<u8> {
     let analysis: Arc<dyn diffy_core::Analysis> = Arc::new(analysis);
     if let Some(from) = &a.from {
         let run = RunId::new(from.as_str()).map_err(CliError::from)?;
-        let store = registry::store(&c.store, &registry::AwsCell::default(), registry::StoreUse::Read).await?;
+        let store = registry::store(&c.store, &crate::context::store_aws(c)?, registry::StoreUse::Read).await?;
         if let Some(k) = &a.key {
             let m = store.get_run(&run).await?;
             if m.target.as_str() != k {

@@ -9,7 +9,7 @@ use crate::output::{self, RunListing};
 use crate::registry;
 
 pub(super) async fn run(c: &Common, a: &RunsArgs) -> CliResult<u8> {
-    let store = registry::store(&c.store, &registry::AwsCell::default(), registry::StoreUse::Read).await?;
+    let store = registry::store(&c.store, &crate::context::store_aws(c)?, registry::StoreUse::Read).await?;
     let target = a.key.as_deref().map(key).transpose()?;
     let manifests = store.list_runs(target.as_ref()).await?;
     let mut baselines = std::collections::BTreeMap::new();
