@@ -15,11 +15,13 @@ use std::io::Write;
 #[cfg(feature = "analysis")]
 use diffy_core::QueryStatus;
 #[cfg(feature = "analysis")]
-use diffy_core::report::Report;
+use diffy_core::report::{Outcome, Report};
 use diffy_core::{RunManifest, RunState};
 
 use crate::cli::CoverageArgs;
 use crate::error::{CliError, CliResult};
+
+// The report's codes are its `Outcome::exit_code`; these name them.
 
 /// Exit code: nothing found.
 pub const EXIT_CLEAN: u8 = 0;
@@ -106,7 +108,7 @@ pub(crate) enum Analysed {
 /// a partial view 3; clean 0.
 #[cfg(feature = "analysis")]
 pub(crate) fn for_report(r: &Report, budget: &CoverageArgs, source: Analysed) -> CliResult<u8> {
-    let outliers = r.outliers().next().is_some();
+    let outliers = r.outcome() == Outcome::Outliers;
     if let Analysed::Collected { interrupted } = source {
         if interrupted && !outliers {
             return Ok(EXIT_INTERRUPTED);
@@ -121,15 +123,7 @@ pub(crate) fn for_report(r: &Report, budget: &CoverageArgs, source: Analysed) ->
             return Err(no_host_collected(target, osquery && missing, None));
         }
     }
-    let code = if outliers {
-        EXIT_OUTLIERS
-    } else if r.coverage.collected == 0 {
-        EXIT_TROUBLE
-    } else if r.partial_view() {
-        EXIT_PARTIAL_VIEW
-    } else {
-        EXIT_CLEAN
-    };
+    let code = r.outcome().exit_code();
     // Outliers stay 1: they need acting on whatever else failed.
     let c = &r.coverage;
     match over_budget(budget, c.targeted, c.failed + c.missing)? {
@@ -149,4 +143,17 @@ pub(crate) fn no_host_collected(target: &str, osquery_missing: bool, evidence: O
         format!("see the hosts' statuses {where_}; check connectivity, credentials and the deadline")
     };
     CliError::new(format!("no host of {target} could be collected"), help)
+}
+
+#[cfg(all(test, feature = "analysis"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_constants_are_the_outcomes_codes() {
+        assert_eq!(Outcome::Clean.exit_code(), EXIT_CLEAN);
+        assert_eq!(Outcome::Outliers.exit_code(), EXIT_OUTLIERS);
+        assert_eq!(Outcome::NothingAnalysed.exit_code(), EXIT_TROUBLE);
+        assert_eq!(Outcome::PartialView.exit_code(), EXIT_PARTIAL_VIEW);
+    }
 }

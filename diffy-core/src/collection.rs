@@ -181,7 +181,7 @@ pub trait Collection: Send + Sync + std::fmt::Debug {
 
 /// What one host in flight holds on this machine while a transport works on
 /// it. The engine runs no more hosts at once than the process's limits on
-/// open files and processes can give this to (see [`crate::limits`]).
+/// open files and processes can give this to.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct HostCost {
@@ -230,7 +230,7 @@ pub trait HostExec: Send + Sync + std::fmt::Debug + 'static {
 
     /// Runs `script` on `host` (as `sh -s` with the script on standard input,
     /// or equivalent), honouring `limits` and `cancel`, and returns what came
-    /// back. Failures are returned as [`crate::script::ExecEnd::Failed`].
+    /// back. Failures are returned as [`crate::plugin::ExecEnd::Failed`].
     async fn exec(&self, host: &Host, script: &Script, limits: ExecLimits, cancel: &CancellationToken) -> Execution;
 }
 

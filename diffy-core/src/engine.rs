@@ -9,13 +9,13 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::analysis::{Analysis, AnalysisInput, BaselineInput, HistoryInput, Observations};
+use crate::analysis::{Analysis, AnalysisInput, BaselineInput, HistoryInput};
 use crate::collection::{CollectEvent, CollectOptions, CollectRequest, Collection};
 use crate::names::{Host, HostId, RunId, TargetKey};
 use crate::payload::{Payload, PayloadContext};
 use crate::persistence::{BaselineWrite, Persistence, PersistenceExt};
 use crate::report::{BaselineProvenance, Coverage, Finding, Method, Report, RunSummary};
-use crate::result::{HostObservation, HostStatus, QueryStatus};
+use crate::result::{HostStatus, QueryStatus};
 use crate::run::{BaselineRecord, RunCounts, RunKind, RunLimits, RunManifest, RunState};
 use crate::script::Script;
 use crate::target::{Resolution, Target};
@@ -389,51 +389,6 @@ fn need<'a, T: ?Sized>(part: &'a Option<Arc<T>>, name: &'static str, help: &'sta
     part.as_ref().ok_or(Error::NotConfigured { part: name, help })
 }
 
-/// Streams a stored run's hosts as observations, parsed per `payload`.
-pub fn stored_observations(
-    store: Arc<dyn Persistence>,
-    run: RunId,
-    hosts: Vec<HostId>,
-    payload: Arc<crate::query::PayloadSpec>,
-) -> Observations {
-    Observations::new(
-        futures::stream::iter(hosts)
-            .map(move |host| {
-                let (store, run, payload) = (store.clone(), run.clone(), payload.clone());
-                async move {
-                    // One host's unreadable evidence is that host's status; the
-                    // others are still analysed.
-                    let unreadable = |host: HostId, message: String| HostObservation {
-                        host: Host::new(host),
-                        status: HostStatus::InvalidEvidence,
-                        message: Some(message),
-                        facts: Default::default(),
-                        vantage: None,
-                        queries: Vec::new(),
-                    };
-                    let result = match store.get_host_result(&run, &host).await {
-                        Ok(r) => r,
-                        Err(e) => {
-                            tracing::warn!("cannot read the evidence of {host}: {e}");
-                            return Ok(unreadable(host.clone(), format!("its stored evidence cannot be read: {e}")));
-                        }
-                    };
-                    Ok(tokio::task::spawn_blocking(move || result.observe(&payload)).await.unwrap_or_else(|e| {
-                        unreadable(
-                            host,
-                            format!("diffy failed while parsing its evidence ({})", crate::script::panic_text(e)),
-                        )
-                    }))
-                }
-            })
-            // Several hosts at once (a remote store answers each request slowly), in order.
-            .buffered(STORED_HOSTS_AT_ONCE),
-    )
-}
-
-/// Hosts of a stored run read at once when it is analysed again.
-const STORED_HOSTS_AT_ONCE: usize = 32;
-
 impl Engine {
     /// A new builder.
     pub fn builder() -> EngineBuilder {
@@ -800,7 +755,7 @@ impl Engine {
                         min_hosts: 0,
                     },
                     payload: b.payload.clone(),
-                    hosts: stored_observations(self.store.clone(), b.id.clone(), hosts, payload),
+                    hosts: crate::plugin::stored_observations(self.store.clone(), b.id.clone(), hosts, payload),
                 })
             }
             _ => None,
@@ -811,7 +766,12 @@ impl Engine {
                 let hosts = self.store.list_host_results(&h.id).await?;
                 history_inputs.push(HistoryInput {
                     run: RunSummary::from(h),
-                    hosts: stored_observations(self.store.clone(), h.id.clone(), hosts, Arc::new(h.payload.clone())),
+                    hosts: crate::plugin::stored_observations(
+                        self.store.clone(),
+                        h.id.clone(),
+                        hosts,
+                        Arc::new(h.payload.clone()),
+                    ),
                 });
             }
         }
@@ -823,7 +783,7 @@ impl Engine {
             payload: manifest.payload.clone(),
             targeted: manifest.hosts.clone(),
             not_targeted: manifest.not_targeted.clone(),
-            survey: stored_observations(
+            survey: crate::plugin::stored_observations(
                 self.store.clone(),
                 manifest.id.clone(),
                 hosts,

@@ -20,8 +20,12 @@
 //! [`HostStatus`]), never errors: one host's failure never stops a run.
 //!
 //! All queries of a payload run in one invocation per host, as one `sh` script
-//! whose output is framed per query ([`script`]); transports only move a script
-//! and its output.
+//! whose output is framed per query ([`plugin::Script`]); transports only move
+//! a script and its output.
+//!
+//! The top level is the caller's API. What transport, store, target and
+//! analysis authors need besides (the script and its framing, output capture,
+//! the store's records) is in [`plugin`].
 //!
 //! ```no_run
 //! # async fn demo() -> diffy_core::Result<()> {
@@ -45,20 +49,21 @@ pub mod analysis;
 pub mod collection;
 pub mod engine;
 mod error;
-pub mod limits;
+mod limits;
 pub mod names;
 pub mod parse;
 pub mod payload;
 pub mod persistence;
+pub mod plugin;
 pub mod query;
 pub mod report;
 pub mod result;
 pub mod run;
-pub mod script;
+mod script;
 pub mod settings;
 pub mod store;
 pub mod target;
-pub mod transport;
+mod transport;
 pub mod vantage;
 
 pub use analysis::{Analysis, AnalysisInput, BaselineInput, HistoryInput, Observations};
@@ -74,10 +79,10 @@ pub use payload::{DeepPayload, FilePayload, OsqueryPayload, Payload, PayloadCont
 pub use persistence::{BaselineWrite, Persistence, PersistenceExt};
 pub use query::{OSQUERYI_FLAGS, OutputFormat, PayloadSpec, Query, QueryCommand, Row, osqueryi_command};
 pub use report::{
-    Cohort, CohortRow, Coverage, Finding, FindingKind, FleetFinding, HostReport, Method, Prevalence, Report,
+    Cohort, CohortRow, Coverage, Finding, FindingKind, FleetFinding, HostReport, Method, Outcome, Prevalence, Report,
 };
 pub use result::{HostObservation, HostResult, HostStatus, QueryObservation, QueryOutcome, QueryResult, QueryStatus};
-pub use run::{BaselineRecord, RunKind, RunManifest, RunState};
+pub use run::{RunKind, RunManifest, RunState};
 pub use store::FsStore;
 pub use target::{Resolution, StaticTarget, Target};
 pub use transport::LocalTransport;

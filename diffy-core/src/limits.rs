@@ -18,17 +18,17 @@ const SPARE_PROCESSES: u64 = 16;
 
 /// The limits that bound concurrency, as this process has them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ProcessLimits {
+pub(crate) struct ProcessLimits {
     /// The soft limit on open files; `None`: unlimited or unknown.
-    pub open_files: Option<u64>,
+    pub(crate) open_files: Option<u64>,
     /// The soft limit on processes and the tasks this user already runs;
     /// `None`: unlimited, not enforced (root) or unknown.
-    pub processes: Option<(u64, u64)>,
+    pub(crate) processes: Option<(u64, u64)>,
 }
 
 impl ProcessLimits {
     /// This process's limits, read now.
-    pub fn current() -> Self {
+    pub(crate) fn current() -> Self {
         use nix::sys::resource::{RLIM_INFINITY, Resource, getrlimit};
         let soft = |r| getrlimit(r).ok().map(|(s, _)| s).filter(|&s| s != RLIM_INFINITY);
         let open_files = soft(Resource::RLIMIT_NOFILE);
@@ -55,16 +55,16 @@ fn tasks_of(uid: u32) -> u64 {
 
 /// Concurrency once fitted to the limits.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Fitted {
+pub(crate) struct Fitted {
     /// Hosts to run at once.
-    pub concurrency: usize,
+    pub(crate) concurrency: usize,
     /// Why that is fewer than asked, if it is.
-    pub capped: Option<String>,
+    pub(crate) capped: Option<String>,
 }
 
 /// The most hosts, up to `requested`, that can run at once when each holds
 /// `cost` within `limits`; at least 1.
-pub fn fit_concurrency(requested: usize, cost: HostCost, limits: ProcessLimits) -> Fitted {
+pub(crate) fn fit_concurrency(requested: usize, cost: HostCost, limits: ProcessLimits) -> Fitted {
     let requested = requested.max(1);
     let hosts = |n: u64| usize::try_from(n).unwrap_or(usize::MAX).max(1);
     // Per limit: how many hosts fit, what they need more of, how to raise it.

@@ -579,7 +579,59 @@ pub struct Report {
     pub visibility: Visibility,
 }
 
+/// What a report comes to, for a caller deciding what to do next (and for a
+/// process's exit status: [`Outcome::exit_code`]).
+///
+/// ```
+/// use diffy_core::report::Outcome;
+/// assert_eq!(Outcome::Outliers.exit_code(), 1);
+/// assert_eq!(Outcome::Clean.exit_code(), 0);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Outcome {
+    /// At least one host is an outlier: it needs acting on, whatever else
+    /// failed.
+    Outliers,
+    /// Nothing found, and the analysed hosts' evidence saw what the payload
+    /// asks.
+    Clean,
+    /// Nothing found, but every analysed host saw only part of what the
+    /// payload asks (collected without root, say): "clean" would say too much.
+    PartialView,
+    /// No host's evidence could be analysed.
+    NothingAnalysed,
+}
+
+impl Outcome {
+    /// The exit status `diffy` gives it: clean 0, outliers 1, nothing
+    /// analysed 2, a partial view 3.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Self::Clean => 0,
+            Self::Outliers => 1,
+            Self::NothingAnalysed => 2,
+            Self::PartialView => 3,
+        }
+    }
+}
+
 impl Report {
+    /// What the report comes to: outliers first (whatever else failed), then
+    /// nothing analysed, a partial view, or clean.
+    pub fn outcome(&self) -> Outcome {
+        if self.outliers().next().is_some() {
+            Outcome::Outliers
+        } else if self.coverage.collected == 0 {
+            Outcome::NothingAnalysed
+        } else if self.partial_view() {
+            Outcome::PartialView
+        } else {
+            Outcome::Clean
+        }
+    }
+
     /// The hosts marked outlier, in rank order.
     pub fn outliers(&self) -> impl Iterator<Item = &HostReport> {
         self.hosts.iter().filter(|h| h.outlier)

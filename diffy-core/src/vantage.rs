@@ -1,7 +1,7 @@
 //! What the evidence could see: how a host was collected (its vantage), and
 //! what each query could not read.
 //!
-//! Every script starts with a [`CONTEXT`](crate::script::CONTEXT) frame that
+//! Every script starts with a [`CONTEXT`](crate::plugin::CONTEXT) frame that
 //! prints, as `key<TAB>value` lines, the effective user and groups, whether
 //! the payload runs under `sudo` or `sudo -n` would have worked, how `/proc`
 //! is mounted (`hidepid`), the effective capabilities and the security

@@ -13,7 +13,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use diffy_core::script::{ExecEnd, Execution, Script, assemble, payload_ended, remote_pid};
+use diffy_core::plugin::{ExecEnd, Execution, Script, assemble, payload_ended, remote_pid};
 use diffy_core::{Host, OutputFormat, PayloadSpec, Query};
 
 /// A fuzz target's body.

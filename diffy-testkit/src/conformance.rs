@@ -8,12 +8,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use chrono::{TimeZone, Utc};
+use diffy_core::plugin::{BaselineRecord, Script};
 use diffy_core::run::{RunCounts, RunLimits};
-use diffy_core::script::Script;
 use diffy_core::{
-    BaselineRecord, BaselineWrite, CancellationToken, CollectEvent, CollectOptions, CollectRequest, Collection, Error,
-    Host, HostId, HostResult, HostStatus, OutputFormat, PayloadSpec, Persistence, Query, QueryResult, QueryStatus,
-    RunId, RunKind, RunManifest, RunState, TargetKey,
+    BaselineWrite, CancellationToken, CollectEvent, CollectOptions, CollectRequest, Collection, Error, Host, HostId,
+    HostResult, HostStatus, OutputFormat, PayloadSpec, Persistence, Query, QueryResult, QueryStatus, RunId, RunKind,
+    RunManifest, RunState, TargetKey,
 };
 use futures::StreamExt;
 

@@ -46,7 +46,7 @@ use aws_sdk_ssm::types::CommandInvocationStatus;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use diffy_aws::{AwsContext, Scope};
-use diffy_core::script::{ExecEnd, Execution, assemble_blocking};
+use diffy_core::plugin::{ExecEnd, Execution, assemble_blocking};
 use diffy_core::{CollectEvent, CollectRequest, Collection, Host, HostResult, HostStatus, PayloadSpec};
 use futures::StreamExt;
 use futures::stream::BoxStream;
@@ -746,7 +746,7 @@ struct Fetch {
     command_id: String,
     sent: Arc<Sent>,
     spec: Arc<PayloadSpec>,
-    script: Arc<diffy_core::script::Script>,
+    script: Arc<diffy_core::plugin::Script>,
     grace: Duration,
     poll: Duration,
     max_output_bytes: u64,

@@ -13,7 +13,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use diffy_core::script::Script;
+use diffy_core::plugin::Script;
 use diffy_core::{QueryCommand, ShellPayload};
 
 #[path = "../tests/common/fleet.rs"]

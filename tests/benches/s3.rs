@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use diffy_core::engine::stored_observations;
+use diffy_core::plugin::stored_observations;
 use diffy_core::result::sha256_hex;
 use diffy_core::{Host, HostId, HostResult, Persistence, RunId};
 use diffy_store_object::BlobStore;

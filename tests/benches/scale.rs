@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use diffy_core::script::Script;
+use diffy_core::plugin::Script;
 use diffy_core::{PayloadSpec, ShellPayload};
 use nix::sys::resource::{Resource, UsageWho, getrlimit, getrusage, setrlimit};
 

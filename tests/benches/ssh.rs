@@ -23,7 +23,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use diffy_core::ShellPayload;
-use diffy_core::script::Script;
+use diffy_core::plugin::Script;
 use nix::sys::resource::{UsageWho, getrusage};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 

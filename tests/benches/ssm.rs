@@ -12,7 +12,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use diffy_core::script::Script;
+use diffy_core::plugin::Script;
 use diffy_core::{CollectEvent, CollectOptions, CollectRequest, Collection, Host, HostStatus, PayloadSpec};
 use diffy_testkit::ssm_endpoint::{EndpointOptions, SsmEndpoint};
 use diffy_transport_ssm::{SsmOptions, SsmTransport};

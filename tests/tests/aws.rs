@@ -18,7 +18,7 @@ use aws_sdk_autoscaling::types::LaunchTemplateSpecification;
 use aws_sdk_ec2::types::{InstanceType, RequestLaunchTemplateData, ResourceType, Tag, TagSpecification};
 use common::Diffy;
 use diffy_aws::{Account, AwsContext, AwsOptions};
-use diffy_core::script::Script;
+use diffy_core::plugin::Script;
 use diffy_core::{CollectEvent, CollectOptions, CollectRequest, Collection, Host, HostStatus, PayloadSpec, Target};
 use diffy_target_asg::{AsgTarget, Selector};
 use diffy_testkit::moto::Moto;

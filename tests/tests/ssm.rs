@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::Diffy;
 use common::fleet::Fleet;
-use diffy_core::script::Script;
+use diffy_core::plugin::Script;
 use diffy_core::{CollectEvent, CollectOptions, CollectRequest, Collection, Host, HostStatus, PayloadSpec};
 use diffy_testkit::ssm_endpoint::{EndpointOptions, Fault, SsmEndpoint};
 use diffy_transport_ssm::{SsmOptions, SsmTransport};

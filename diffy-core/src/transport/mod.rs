@@ -1,7 +1,7 @@
 //! Built-in transports.
 
 mod local;
-pub mod output;
-pub mod spawn;
+pub(crate) mod output;
+pub(crate) mod spawn;
 
 pub use local::LocalTransport;

@@ -3,7 +3,9 @@
 //! on the InService instances of an Auto Scaling group, keeps the evidence on
 //! S3, analyses the herd, and prints the outliers. Credentials, region and
 //! endpoints come from the standard AWS chain (`AWS_PROFILE`, `AWS_REGION`,
-//! `AWS_ENDPOINT_URL`, ...). Exit status: 0 none, 1 outliers, 2 trouble.
+//! `AWS_ENDPOINT_URL`, ...). Exit status: the report's outcome
+//! ([`Outcome::exit_code`](diffy_core::report::Outcome::exit_code)), 2 on an
+//! error.
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
@@ -32,7 +34,7 @@ async fn main() -> std::process::ExitCode {
     match asg_triage(aws, group, store, incident, payload, &counter).await {
         Ok(report) => {
             print!("{}", summary(&report, &counter));
-            std::process::ExitCode::from(if report.outliers().next().is_some() { 1 } else { 0 })
+            std::process::ExitCode::from(report.outcome().exit_code())
         }
         Err(e) => {
             eprintln!("error: {e}");

@@ -1,7 +1,8 @@
 //! `local-triage HOST...`: a custom binary built from Diffy's crates. It runs a
 //! listeners-only payload once per named host on this machine (the local
 //! transport sets `DIFFY_HOST`), analyses the herd, and prints the outliers.
-//! Exit status: 0 none, 1 outliers, 2 trouble.
+//! Exit status: the report's outcome (0 none, 1 outliers, 2 nothing analysed,
+//! 3 a partial view), 2 on an error.
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
@@ -21,7 +22,7 @@ async fn main() -> std::process::ExitCode {
     match triage(&hosts, std::path::Path::new(&store), payload, &counter).await {
         Ok(report) => {
             print!("{}", summary(&report, &counter));
-            std::process::ExitCode::from(if report.outliers().next().is_some() { 1 } else { 0 })
+            std::process::ExitCode::from(report.outcome().exit_code())
         }
         Err(e) => {
             eprintln!("error: {e}");

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::Utc;
+use diffy_core::plugin::{ExecEnd, Execution, Script, assemble};
 use diffy_core::run::{RunCounts, RunLimits};
-use diffy_core::script::{ExecEnd, Execution, Script, assemble};
 use diffy_core::{Host, HostResult, RunId, RunKind, RunManifest, RunState, ShellPayload, TargetKey};
 
 /// Sizes to run, from `var` (comma-separated), else `default`.

@@ -170,7 +170,7 @@ pub async fn collect_results_with(
     options: diffy_core::CollectOptions,
 ) -> Vec<diffy_core::HostResult> {
     use futures::StreamExt;
-    let script = diffy_core::script::Script::render(&spec, options.host_deadline).unwrap();
+    let script = diffy_core::plugin::Script::render(&spec, options.host_deadline).unwrap();
     let request = diffy_core::CollectRequest::new(
         hosts,
         std::sync::Arc::new(spec),
