@@ -1,5 +1,6 @@
 //! Hosts' rows, normalised and interned per query: each distinct normalised row
-//! is stored once, and each host holds only row ids.
+//! is stored once, and each host holds only row ids. Builders can run in
+//! parallel and be merged.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -397,6 +398,63 @@ impl Builder {
             Role::Survey => self.survey.push(entry),
             Role::Baseline => self.baseline.push(entry),
         }
+    }
+
+    /// Merges `other` into `self`, remapping its ids.
+    pub(crate) fn merge(mut self, other: Builder) -> Builder {
+        let host_offset = self.survey.len() as u32;
+        let mut table_map = Vec::with_capacity(other.tables.len());
+        let mut row_maps: Vec<Vec<u32>> = Vec::with_capacity(other.tables.len());
+        for ot in other.tables {
+            let ti = self.table(&ot.name);
+            table_map.push(ti);
+            let t = &mut self.tables[ti];
+            // Identity ids of `other` → ids of `self`, through identity keys.
+            let mut identity_map = vec![0u32; ot.identities];
+            for (k, &oid) in &ot.identity_index {
+                identity_map[oid as usize] = t.intern_identity(k);
+            }
+            // Walk rows in id order so that first-seen data stays first.
+            let mut remap = vec![0u32; ot.rows.len()];
+            for (oid, info) in ot.rows.into_iter().enumerate() {
+                let id = match t.index.get(&*info.key) {
+                    Some(&id) => id,
+                    None => {
+                        let id = t.rows.len() as u32;
+                        t.index.insert(info.key.clone(), id);
+                        t.rows.push(RowInfo {
+                            identity: identity_map[info.identity as usize],
+                            first_host: if info.first_host == u32::MAX {
+                                u32::MAX
+                            } else {
+                                info.first_host + host_offset
+                            },
+                            ..info
+                        });
+                        id
+                    }
+                };
+                remap[oid] = id;
+            }
+            row_maps.push(remap);
+        }
+        let remap_entry = |mut e: HostEntry| {
+            for (t, q) in &mut e.queries {
+                let old = *t;
+                *t = table_map[old];
+                if let HostQuery::Rows(rows) = q {
+                    for (r, _) in rows.iter_mut() {
+                        *r = row_maps[old][*r as usize];
+                    }
+                    rows.sort_unstable_by_key(|(r, _)| *r);
+                    rows.dedup_by_key(|(r, _)| *r);
+                }
+            }
+            e
+        };
+        self.survey.extend(other.survey.into_iter().map(remap_entry));
+        self.baseline.extend(other.baseline.into_iter().map(remap_entry));
+        self
     }
 }
 

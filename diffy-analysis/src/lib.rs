@@ -90,24 +90,25 @@
 //! ## Speed
 //!
 //! Rows are normalised and interned as they are read: each distinct row is
-//! stored once per query and hosts hold row ids, whether they come from a
-//! stored run or an import folder (both reach [`Analysis::analyze`] as the
-//! same observations, through `diffy_core::Engine`).
+//! stored once per query and hosts hold row ids. [`Analyzer::analyze_import`]
+//! reads host files in parallel straight into those tables.
 #![deny(missing_docs)]
 
 mod dataset;
 mod explain;
+mod import;
 pub mod indicators;
 pub mod profile;
 mod score;
 pub mod suppress;
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use diffy_core::report::{Method, Report};
+use diffy_core::report::{BaselineProvenance, Method, Report};
 use diffy_core::{Analysis, AnalysisInput, Error, HostObservation, PayloadSpec, QueryOutcome, Result};
 use futures::StreamExt;
 use serde::Deserialize;
@@ -123,19 +124,10 @@ pub mod fuzzing {
     use std::sync::Arc;
 
     /// Reads one `--import` host file's bytes as `analyze --import` does:
-    /// the host's status and how many rows the analysis interned for it.
+    /// the host's status and how many rows it gave.
     pub fn import_host_file(bytes: &[u8]) -> (diffy_core::HostStatus, usize) {
-        let obs = diffy_core::import::read_host_bytes(bytes);
         let profiles = Arc::new(crate::dataset::Profiles::new(std::iter::empty()));
-        let mut builder = crate::dataset::Builder::new(profiles);
-        crate::add_observation(&mut builder, crate::dataset::Role::Survey, &obs);
-        let host = &builder.survey[0];
-        let rows = host
-            .queries
-            .iter()
-            .map(|(_, q)| if let crate::dataset::HostQuery::Rows(r) = q { r.len() } else { 0 })
-            .sum();
-        (host.status, rows)
+        crate::import::read_one(bytes, profiles)
     }
 }
 pub use crate::suppress::Suppressions;
@@ -231,6 +223,66 @@ impl Analyzer {
     fn settings(&self) -> score::Settings {
         score::Settings { threshold: self.threshold, now: self.now.unwrap_or_else(Utc::now) }
     }
+
+    /// Analyses a folder of evidence collected elsewhere (see the `import`
+    /// format below), without collecting. `methods`: default cluster, plus
+    /// baseline when the folder has `baseline.json`.
+    ///
+    /// ```text
+    /// DIR/hosts/<host id>.json   {"instance_id": "...", "results": {"<query>": [{col: "value"}, ...]}}
+    /// DIR/baseline.json          optional, the same shape (or an array of such objects)
+    /// ```
+    pub fn analyze_import(&self, dir: &Path, methods: Option<&[Method]>) -> Result<Report> {
+        let profiles = Arc::new(self.profiles(None));
+        let imported = import::load(dir, profiles)?;
+        let has_baseline = !imported.builder.baseline.is_empty();
+        let mut warnings = Vec::new();
+        let methods: Vec<Method> = match methods {
+            Some(m) => m.to_vec(),
+            None if has_baseline => vec![Method::Cluster, Method::Baseline],
+            None => vec![Method::Cluster],
+        };
+        if methods.contains(&Method::Baseline) && !has_baseline {
+            warnings.push(format!("no baseline.json in {}: the baseline method was skipped", dir.display()));
+        }
+        if methods.contains(&Method::Novelty) {
+            warnings.push("imported evidence has no history: the novelty method was skipped".into());
+        }
+        let applied: Vec<Method> = methods
+            .iter()
+            .copied()
+            .filter(|m| match m {
+                Method::Cluster => true,
+                Method::Baseline => has_baseline,
+                // Imported evidence has no history; a method added later
+                // is not applied to it until it says how.
+                _ => false,
+            })
+            .collect();
+        let baseline = imported.baseline_source.map(|source| BaselineProvenance {
+            run: None,
+            source: Some(source),
+            hosts: Vec::new(),
+            collected_at: None,
+            payload_hash: None,
+            min_hosts: 0,
+        });
+        let ctx = score::Context {
+            run: None,
+            imported_from: Some(dir.display().to_string()),
+            methods: applied,
+            targeted: None,
+            not_targeted: Vec::new(),
+            baseline,
+            history: None,
+            history_days: 0,
+            warnings,
+        };
+        let t0 = std::time::Instant::now();
+        let r = score::analyze(imported.builder, ctx, &self.settings(), &self.suppressions);
+        tracing::debug!("scored {} hosts in {:?}", r.coverage.collected, t0.elapsed());
+        Ok(r)
+    }
 }
 
 fn add_observation(builder: &mut Builder, role: Role, obs: &HostObservation) {
@@ -293,12 +345,10 @@ impl Analysis for Analyzer {
                 baseline = Some(b.provenance);
             }
             _ if methods.contains(&Method::Baseline) => {
-                warnings.push(match &input.imported_from {
-                    Some(dir) => format!("no baseline.json in {dir}: the baseline method was skipped"),
-                    None => "this target has no baseline (collect one with `diffy baseline`): the baseline method was \
-                             skipped"
+                warnings.push(
+                    "this target has no baseline (collect one with `diffy baseline`): the baseline method was skipped"
                         .into(),
-                });
+                );
                 methods.retain(|m| *m != Method::Baseline);
             }
             _ => {}
@@ -306,13 +356,10 @@ impl Analysis for Analyzer {
         let mut history = None;
         if methods.contains(&Method::Novelty) {
             if input.history.is_empty() {
-                warnings.push(match input.imported_from {
-                    Some(_) => "imported evidence has no history: the novelty method was skipped".into(),
-                    None => format!(
-                        "no earlier run of this target in the last {} days: the novelty method was skipped",
-                        input.history_days
-                    ),
-                });
+                warnings.push(format!(
+                    "no earlier run of this target in the last {} days: the novelty method was skipped",
+                    input.history_days
+                ));
                 methods.retain(|m| *m != Method::Novelty);
             } else {
                 let mut seen = Seen { runs: input.history.len(), ..Default::default() };
@@ -339,14 +386,11 @@ impl Analysis for Analyzer {
                 history = Some(seen);
             }
         }
-        // Imported evidence: every host read was targeted.
-        let targeted = (input.imported_from.is_none() || !input.targeted.is_empty())
-            .then(|| input.targeted.iter().map(|h| (h.id.to_string(), h.labels.clone())).collect());
         let ctx = score::Context {
             run: input.run,
             imported_from: input.imported_from,
             methods,
-            targeted,
+            targeted: Some(input.targeted.iter().map(|h| (h.id.to_string(), h.labels.clone())).collect()),
             not_targeted: input.not_targeted,
             baseline,
             history,

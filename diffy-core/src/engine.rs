@@ -1,7 +1,6 @@
 //! The engine: wires a target, a transport, a payload, a store and an analysis,
 //! and runs `baseline`, `collect` and `analyze`.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -10,12 +9,11 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::analysis::{Analysis, AnalysisInput, BaselineInput, HistoryInput, Observations};
+use crate::analysis::{Analysis, AnalysisInput, BaselineInput, HistoryInput};
 use crate::collection::{CollectEvent, CollectOptions, CollectRequest, Collection};
 use crate::names::{Host, HostId, RunId, TargetKey};
 use crate::payload::{Payload, PayloadContext};
 use crate::persistence::{BaselineWrite, Persistence, PersistenceExt};
-use crate::query::PayloadSpec;
 use crate::report::{BaselineProvenance, Coverage, Finding, Method, Report, RunSummary};
 use crate::result::{HostStatus, QueryStatus};
 use crate::run::{BaselineRecord, RunCounts, RunKind, RunLimits, RunManifest, RunState};
@@ -355,6 +353,10 @@ impl EngineBuilder {
     /// Checks the options and builds the engine. A store is required: every
     /// operation keeps or reads evidence.
     pub fn build(self) -> Result<Engine> {
+        let store = self.store.ok_or(Error::NotConfigured {
+            part: "store",
+            help: "every operation keeps or reads evidence: call EngineBuilder::store (e.g. FsStore::open)",
+        })?;
         if self.options.host_deadline.is_zero() {
             return Err(Error::invalid("the per-host deadline must be longer than zero"));
         }
@@ -365,7 +367,7 @@ impl EngineBuilder {
             target: self.target,
             collection: self.collection,
             payload: self.payload,
-            store: self.store,
+            store,
             analysis: self.analysis,
             options: self.options,
         })
@@ -378,7 +380,7 @@ pub struct Engine {
     target: Option<Arc<dyn Target>>,
     collection: Option<Arc<dyn Collection>>,
     payload: Option<Arc<dyn Payload>>,
-    store: Option<Arc<dyn Persistence>>,
+    store: Arc<dyn Persistence>,
     analysis: Option<Arc<dyn Analysis>>,
     options: CollectOptions,
 }
@@ -393,17 +395,9 @@ impl Engine {
         EngineBuilder::default()
     }
 
-    /// The store, if the engine has one.
-    pub fn store(&self) -> Option<&Arc<dyn Persistence>> {
-        self.store.as_ref()
-    }
-
-    fn need_store(&self) -> Result<&Arc<dyn Persistence>> {
-        need(
-            &self.store,
-            "store",
-            "collecting keeps evidence and analysing a run reads it: call EngineBuilder::store (e.g. FsStore::open)",
-        )
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Persistence> {
+        &self.store
     }
 
     /// Collects a survey run of `key`: resolves the hosts, runs the payload on
@@ -436,9 +430,8 @@ impl Engine {
         sink: &dyn EventSink,
         cancel: CancellationToken,
     ) -> Result<(RunManifest, BaselineRecord)> {
-        let store = self.need_store()?;
         let mode = options.write;
-        let existing = store.get_baseline(key).await?;
+        let existing = self.store.get_baseline(key).await?;
         if let (Some(old), BaselineWrite::CreateOnly) = (&existing, mode) {
             return Err(Error::AlreadyExists {
                 what: "baseline for target",
@@ -481,7 +474,7 @@ impl Engine {
             set_by: run.operator.clone(),
             replaces: existing.map(|e| e.run),
         };
-        store.put_baseline(&record, mode).await?;
+        self.store.put_baseline(&record, mode).await?;
         Ok((manifest, record))
     }
 
@@ -493,7 +486,7 @@ impl Engine {
             return Ok(());
         }
         let latest = self
-            .need_store()?
+            .store
             .list_runs(Some(key))
             .await?
             .into_iter()
@@ -547,7 +540,6 @@ impl Engine {
         cancel: CancellationToken,
     ) -> Result<RunManifest> {
         run.validate()?;
-        let store = self.need_store()?;
         let target = need(&self.target, "target", "call EngineBuilder::target (e.g. StaticTarget)")?;
         let collection = need(
             &self.collection,
@@ -609,7 +601,7 @@ impl Engine {
             not_targeted: resolution.not_targeted,
             counts: RunCounts::tally(resolution.hosts.len(), []),
         };
-        store.create_run(&manifest).await?;
+        self.store.create_run(&manifest).await?;
         sink.event(&Event::RunStarted(RunStarted {
             run: manifest.id.clone(),
             target: key.clone(),
@@ -636,7 +628,7 @@ impl Engine {
         // Hosts are stored as they finish, several at once: storing one at a
         // time (about a dozen flushed files each) falls behind a fast
         // collection, and the last hosts to finish would wait for the others.
-        let (store, run_id) = (&**store, &manifest.id);
+        let (store, run_id) = (&*self.store, &manifest.id);
         let mut storing = futures::stream::FuturesUnordered::new();
         let mut collecting = true;
         while collecting || !storing.is_empty() {
@@ -683,7 +675,7 @@ impl Engine {
         let interrupted = cancel.is_cancelled() || statuses.contains(&HostStatus::Cancelled);
         manifest.state =
             if interrupted || manifest.counts.missing > 0 { RunState::Interrupted } else { RunState::Complete };
-        store.update_run(&manifest).await?;
+        self.store.update_run(&manifest).await?;
         sink.event(&Event::RunFinished(RunFinished {
             run: manifest.id.clone(),
             state: manifest.state,
@@ -713,8 +705,7 @@ impl Engine {
     pub async fn analyze_run(&self, run: &RunId, options: &AnalyzeOptions, sink: &dyn EventSink) -> Result<Report> {
         let analysis =
             need(&self.analysis, "analysis", "call EngineBuilder::analysis (e.g. diffy_analysis::Analyzer)")?;
-        let store = self.need_store()?;
-        let manifest = store.get_run(run).await?;
+        let manifest = self.store.get_run(run).await?;
         let baseline_record = match &options.baseline_run {
             Some(id) => Some(BaselineRecord {
                 target: manifest.target.clone(),
@@ -723,10 +714,11 @@ impl Engine {
                 set_by: None,
                 replaces: None,
             }),
-            None => store.get_baseline(&manifest.target).await?,
+            None => self.store.get_baseline(&manifest.target).await?,
         };
         let since: DateTime<Utc> = manifest.started_at - chrono::Duration::days(i64::from(options.history_days));
-        let mut history: Vec<RunManifest> = store
+        let mut history: Vec<RunManifest> = self
+            .store
             .history(&manifest.target, since)
             .await?
             .into_iter()
@@ -750,8 +742,8 @@ impl Engine {
         };
         let baseline = match (&baseline_record, methods.contains(&Method::Baseline)) {
             (Some(rec), true) if rec.run != manifest.id => {
-                let b = store.get_run(&rec.run).await?;
-                let hosts = store.list_host_results(&b.id).await?;
+                let b = self.store.get_run(&rec.run).await?;
+                let hosts = self.store.list_host_results(&b.id).await?;
                 let payload = Arc::new(b.payload.clone());
                 Some(BaselineInput {
                     provenance: BaselineProvenance {
@@ -763,7 +755,7 @@ impl Engine {
                         min_hosts: 0,
                     },
                     payload: b.payload.clone(),
-                    hosts: crate::plugin::stored_observations(store.clone(), b.id.clone(), hosts, payload),
+                    hosts: crate::plugin::stored_observations(self.store.clone(), b.id.clone(), hosts, payload),
                 })
             }
             _ => None,
@@ -771,11 +763,11 @@ impl Engine {
         let mut history_inputs = Vec::new();
         if methods.contains(&Method::Novelty) {
             for h in &history {
-                let hosts = store.list_host_results(&h.id).await?;
+                let hosts = self.store.list_host_results(&h.id).await?;
                 history_inputs.push(HistoryInput {
                     run: RunSummary::from(h),
                     hosts: crate::plugin::stored_observations(
-                        store.clone(),
+                        self.store.clone(),
                         h.id.clone(),
                         hosts,
                         Arc::new(h.payload.clone()),
@@ -783,7 +775,7 @@ impl Engine {
                 });
             }
         }
-        let hosts = store.list_host_results(&manifest.id).await?;
+        let hosts = self.store.list_host_results(&manifest.id).await?;
         let input = AnalysisInput {
             run: Some(RunSummary::from(&manifest)),
             imported_from: None,
@@ -792,7 +784,7 @@ impl Engine {
             targeted: manifest.hosts.clone(),
             not_targeted: manifest.not_targeted.clone(),
             survey: crate::plugin::stored_observations(
-                store.clone(),
+                self.store.clone(),
                 manifest.id.clone(),
                 hosts,
                 Arc::new(manifest.payload.clone()),
@@ -805,59 +797,10 @@ impl Engine {
         emit_report(&report, sink);
         Ok(report)
     }
-
-    /// Analyses evidence collected elsewhere (an import folder, see
-    /// [`crate::import`]) as a stored run is analysed: the folder's hosts
-    /// become the same observations, the analysis makes the same report, and
-    /// its findings, summary and report go to `sink`. Methods: by default
-    /// cluster, plus baseline when the folder has `baseline.json`; imported
-    /// evidence has no history, so novelty is skipped with a warning. Needs an
-    /// analysis; no store, target or transport.
-    pub async fn analyze_import(&self, dir: &Path, options: &AnalyzeOptions, sink: &dyn EventSink) -> Result<Report> {
-        let analysis =
-            need(&self.analysis, "analysis", "call EngineBuilder::analysis (e.g. diffy_analysis::Analyzer)")?;
-        let imported = crate::import::read_dir(dir)?;
-        let methods = options.methods.clone().unwrap_or_else(|| match imported.baseline {
-            Some(_) => vec![Method::Cluster, Method::Baseline],
-            None => vec![Method::Cluster],
-        });
-        // Imported files name their queries; their profiles come by name.
-        let payload = PayloadSpec { name: "imported".into(), setup: None, queries: Vec::new(), teardown: None };
-        let baseline = imported.baseline.map(|hosts| BaselineInput {
-            provenance: BaselineProvenance {
-                run: None,
-                source: imported.baseline_source.clone(),
-                hosts: Vec::new(),
-                collected_at: None,
-                payload_hash: None,
-                min_hosts: 0,
-            },
-            payload: payload.clone(),
-            hosts: Observations::from_vec(hosts),
-        });
-        let input = AnalysisInput {
-            run: None,
-            imported_from: Some(dir.display().to_string()),
-            methods,
-            payload,
-            // Every host read was targeted: there are no missing hosts.
-            targeted: Vec::new(),
-            not_targeted: Vec::new(),
-            survey: imported.survey,
-            baseline,
-            history: Vec::new(),
-            history_days: options.history_days,
-        };
-        let t0 = std::time::Instant::now();
-        let report = analysis.analyze(input).await?;
-        tracing::debug!("analysed {} imported host files in {:?}", imported.host_files, t0.elapsed());
-        emit_report(&report, sink);
-        Ok(report)
-    }
 }
 
 /// Sends a report's findings, its summary and the report itself to `sink`.
-pub(crate) fn emit_report(report: &Report, sink: &dyn EventSink) {
+pub fn emit_report(report: &Report, sink: &dyn EventSink) {
     for h in &report.hosts {
         for f in &h.findings {
             sink.event(&Event::Finding(FindingEvent { host: h.host.clone(), finding: f.clone() }));

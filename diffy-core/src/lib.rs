@@ -49,7 +49,6 @@ pub mod analysis;
 pub mod collection;
 pub mod engine;
 mod error;
-pub mod import;
 mod limits;
 pub mod names;
 pub mod parse;

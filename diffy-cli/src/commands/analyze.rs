@@ -4,6 +4,7 @@
 use std::io::Write;
 use std::sync::Arc;
 
+use diffy_core::engine::emit_report;
 use diffy_core::report::{Method, Report};
 use diffy_core::{AnalyzeOptions, CancellationToken, Engine, RunId};
 
@@ -63,6 +64,22 @@ pub(super) async fn run(c: &Common, a: &AnalyzeArgs) -> CliResult<u8> {
             let _ = writeln!(std::io::stderr(), "warning: {w}");
         }
     }
+    if let Some(dir) = &a.import {
+        if !dir.is_dir() {
+            return Err(CliError::new(
+                format!("{} is not a directory", dir.display()),
+                "--import takes a folder with hosts/<host>.json files",
+            ));
+        }
+        let dir = dir.clone();
+        let ms = methods.clone();
+        let report = tokio::task::spawn_blocking(move || analysis.analyze_import(&dir, ms.as_deref()))
+            .await
+            .map_err(|e| CliError::plain(format!("the analysis failed: {e}")))??;
+        emit_report(&report, &sink);
+        print_report(c, &sink, &report, None, show)?;
+        return exit::for_report(&report, &a.coverage, Analysed::Stored);
+    }
     let mut options = AnalyzeOptions::default();
     if let Some(m) = methods {
         options = options.methods(m);
@@ -74,12 +91,6 @@ pub(super) async fn run(c: &Common, a: &AnalyzeArgs) -> CliResult<u8> {
         options = options.baseline_run(RunId::new(b.as_str()).map_err(CliError::from)?);
     }
     let analysis: Arc<dyn diffy_core::Analysis> = Arc::new(analysis);
-    if let Some(dir) = &a.import {
-        let engine = Engine::builder().analysis_arc(analysis).build()?;
-        let report = engine.analyze_import(dir, &options, &sink).await?;
-        print_report(c, &sink, &report, None, show)?;
-        return exit::for_report(&report, &a.coverage, Analysed::Stored);
-    }
     if let Some(from) = &a.from {
         let run = RunId::new(from.as_str()).map_err(CliError::from)?;
         let store = registry::store(&c.store, &crate::context::store_aws(c)?, registry::StoreUse::Read).await?;
